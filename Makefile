@@ -1,0 +1,107 @@
+# Two commands on a fresh machine: `make run` (a research run with the defaults) and `make test`.
+# Every target first installs or builds what it needs; each step is idempotent and quick when done.
+#
+# Python: a virtual environment in $(VENV) made with --system-site-packages, so the packages the host
+# already has (torch above all) are reused and nothing is written into the system interpreter
+# (PEP 668 hosts refuse that). Override with PY=python3 to use an interpreter as it is.
+#
+# torch: TORCH_VARIANT=cpu|cuda (default: cuda when `nvidia-smi -L` lists a GPU). It selects the
+# torch build installed here (cpu: torch==$(TORCH_VERSION)+cpu, from pip's configured sources or
+# else the PyTorch CPU index, never PyPI's CUDA build with its GBs of libraries) and the one baked
+# into the trainer image (sandbox/images.py reads the same variable).
+#
+# Images (sandbox/images.py): BASE_IMAGE=... to build on another base (default python:3.11-slim-bookworm,
+# else a Debian base bootstrapped here, which needs root); TOOLCHAIN=yes|no|auto for gcc in the
+# trainer (torch.compile; auto = with cuda); IMAGES_ARGS=--trainer-only|--no-cache|--refresh-wheelhouse.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV ?= .venv
+BOOTSTRAP_PYTHON ?= python3
+PY ?= $(VENV)/bin/python
+PROFILE ?= tiny
+RUN_ARGS ?=
+PYTEST_ARGS ?=
+IMAGES_ARGS ?=
+PIP_ARGS ?=
+TORCH_VERSION := 2.13.0
+TORCH_CPU_INDEX_URL ?= https://download.pytorch.org/whl/cpu
+TORCH_VARIANT ?= $(shell nvidia-smi -L 2>/dev/null | grep -q '^GPU ' && echo cuda || echo cpu)
+export TORCH_VARIANT TORCH_CPU_INDEX_URL
+
+INSTALL_STAMP := .build/install-$(subst /,_,$(PY)).stamp
+ifeq ($(PY),$(VENV)/bin/python)
+PY_PREREQ := $(VENV)/bin/python
+endif
+
+.PHONY: help install engine base wheelhouse images data test test-unit smoke preflight run lint clean ci
+
+help:
+	@echo "make run         engine + images + data, then a research run (RUN_ARGS='...' for options)"
+	@echo "make test        the whole suite, Docker tests included (starts the engine, builds images and data)"
+	@echo "make test-unit   the tests that need no engine"
+	@echo "make install     python deps into $(VENV) (TORCH_VARIANT=$(TORCH_VARIANT))"
+	@echo "make engine      start the Docker engine with gVisor registered (root; installs it if missing)"
+	@echo "make images      build the trainer and controller images (IMAGES_ARGS=--trainer-only ...)"
+	@echo "make data        prepare the data for PROFILE=$(PROFILE)"
+	@echo "make smoke       one trial of train.py;  make preflight: the isolation self-test"
+	@echo "make lint        ruff + mypy"
+
+$(VENV)/bin/python:
+	$(BOOTSTRAP_PYTHON) -m venv --system-site-packages $(VENV)
+
+$(INSTALL_STAMP): pyproject.toml $(PY_PREREQ)
+	@if [ "$(TORCH_VARIANT)" = cpu ] && ! $(PY) -c 'import sys, torch; sys.exit(torch.__version__ != "$(TORCH_VERSION)+cpu")' 2>/dev/null; then \
+	  echo "installing the CPU build of torch $(TORCH_VERSION)"; \
+	  $(PY) -m pip install $(PIP_ARGS) 'torch==$(TORCH_VERSION)+cpu' \
+	    || $(PY) -m pip install $(PIP_ARGS) --extra-index-url $(TORCH_CPU_INDEX_URL) 'torch==$(TORCH_VERSION)+cpu'; \
+	fi
+	$(PY) -m pip install $(PIP_ARGS) -e '.[dev]'
+	@mkdir -p $(@D) && touch $@
+
+install: $(INSTALL_STAMP)
+
+engine:
+	@sandbox/scripts/ensure-engine.sh
+
+base: install engine
+	$(PY) -m sandbox.images base
+
+wheelhouse: install
+	$(PY) -m sandbox.images wheelhouse
+
+images: install engine
+	$(PY) -m sandbox.images build $(IMAGES_ARGS)
+
+data: install
+	$(PY) prepare.py --profile $(PROFILE)
+
+# pytest exits 5 when it collected no tests: said loudly, not a failure.
+test: install engine images data
+	@set +e; $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests"; exit 0; fi; exit $$rc
+
+test-unit: install
+	@set +e; $(PY) -m pytest -m "not docker" $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test-unit: pytest collected no tests"; exit 0; fi; exit $$rc
+
+smoke: install engine images data
+	$(PY) -m harness trial train.py --profile $(PROFILE) --json
+
+preflight: install engine images
+	$(PY) -m harness preflight
+
+run: install engine images data
+	$(PY) -m harness run $(RUN_ARGS)
+
+lint: install
+	$(PY) -m ruff check harness sandbox tests prepare.py
+	$(PY) -m mypy harness sandbox
+
+# The wheelhouse and build stamps; images, data and runs/ are kept.
+clean:
+	rm -rf .build
+
+ci:
+	CI=true .ci/run

@@ -1,0 +1,897 @@
+"""The research loop: baseline, then propose, run, judge and record, until told to stop.
+
+One `ResearchLoop.run()` call is one controller session on one run folder:
+
+1. Start-up: check program.md, take the run lock, repair a torn ledger tail (only that), verify
+   the ledger (a run never continues on edited history), open the lineage, append the results.tsv
+   rows a crash left out, and sort out trial folders that have no ledger row.
+2. Baseline: the starting train.py runs `baseline_repeats` times with different seeds; each run is
+   a trial of its own (decision `baseline`). The judge's noise floor and bar come from them. A
+   baseline run that fails stops the run: nothing can be judged against a broken starting point.
+3. Candidates, until `max_trials` candidate trials are in the run folder (None: forever): the
+   agent proposes from a context built from the ledger; the proposal is validated, committed to
+   the lineage, written to its trial folder, run by the sandbox, judged (a would-be keep runs again
+   with another seed), recorded in the ledger then results.tsv, and a keep advances the branch.
+
+Deliberate choices:
+- A proposal that does not parse, or that changes nothing, is recorded without running it, as
+  status `crash` / decision `crash` with the reason ("does not parse: ...", "no change: ..."), so
+  results.tsv gives it `0.000000` like any trial without a score, the agent sees why in its next
+  context, and the loop goes on. `invalid_streak` such proposals in a row stop the run.
+- Failures that are nobody's verdict are exceptions, retried a bounded number of times, and never
+  written to the ledger: SandboxError (backoff, then the run stops with the sandbox's message;
+  DataMissing and ImageMissing are not retried, a retry cannot fix them), AgentError (backoff,
+  then stop), AgentFatal (stop at once), AgentExhausted (the replay folder is done: a clean end).
+- Crash safety: each trial's records are written in a fixed order (trial folder and pending
+  commit, then ledger row, results.tsv row, lineage ref) with SIGINT/SIGTERM held back during the
+  last three. On the next start, a trial folder with a `trial.json` but no ledger row is re-run
+  (its earlier partial output moved under `interrupted/`) up to `trial_starts` times, then
+  abandoned (`<id>.abandoned`, its commit under refs/autoresearch/orphaned/); a folder without
+  `trial.json` was never complete and is abandoned at once. Trial ids are never reused.
+- `max_trials` counts candidate trials in the run folder, not in this session, so a resumed run
+  finishes the same plan.
+- Designed for several workers on one run folder (`--workers N`, later): ids are allocated with an
+  atomic mkdir, and the final judgement is made from the ledger re-read under its lock, so a
+  worker always judges against the latest best. The run lock is the controller's, not a worker's.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import difflib
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from filelock import FileLock
+from filelock import Timeout as LockTimeout
+
+from harness.agents.base import (
+    LOG_TAIL_LIMIT,
+    Agent,
+    AgentContext,
+    AgentError,
+    AgentExhausted,
+    AgentFatal,
+    HistoryRow,
+    LastTrial,
+    Proposal,
+    Usage,
+)
+from harness.config import RunConfig, RunPaths, TrialPaths
+from harness.judge import Action, Judgement, JudgeState, code_lines, judge, replay
+from harness.ledger import (
+    AgentRecord,
+    Ledger,
+    RunMeta,
+    RunRecord,
+    TrialPlan,
+    TrialRecord,
+    hash_tree,
+    sha256_file,
+    write_atomic,
+)
+from harness.lineage import Lineage
+from harness.progress import LogProgress, Progress
+from harness.results import ResultsFile, rows_for, sanitize_description
+from sandbox import constants as C
+from sandbox.backend import Sandbox
+from sandbox.constants import Decision, Status
+from sandbox.verdict import DataMissing, ImageMissing, SandboxError, TrialSpec, Verdict
+
+logger = logging.getLogger(__name__)
+
+TRIAL_ID = re.compile(r"^t(\d{4,})$")
+TRIAL_FOLDER = re.compile(r"^t(\d{4,})(\..*)?$")
+MAX_TRAIN_PY_BYTES = 1_000_000
+CONFIRM_SUFFIX = "-c1"
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class LoopError(Exception):
+    """The run cannot go on; the message says why and what to do."""
+
+
+class ProgramMissing(LoopError):
+    pass
+
+
+class RunLocked(LoopError):
+    pass
+
+
+class RunMismatch(LoopError):
+    pass
+
+
+class BaselineFailed(LoopError):
+    pass
+
+
+class SandboxGaveUp(LoopError):
+    pass
+
+
+class AgentGaveUp(LoopError):
+    pass
+
+
+class InvalidStreak(LoopError):
+    pass
+
+
+# --------------------------------------------------------------------------- models
+
+
+@dataclass
+class RunSummary:
+    stopped: str  # why the session ended
+    recorded: int  # ledger rows written by this session
+    total_rows: int
+    candidates: int
+    keeps: int
+    best_val_bpb: float | None
+    baseline_val_bpb: float | None
+    threshold: float | None
+    last_hash: str
+    changes: list[str] = field(default_factory=list)  # repairs made at start-up
+
+
+class _Stop(Exception):
+    """Ends the candidate loop cleanly (max_trials reached, the agent has nothing left)."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def derive_seed(base: int, *parts: object) -> int:
+    """A deterministic 31-bit seed from the run's base seed and a label (different labels, different seeds)."""
+    digest = hashlib.sha256("/".join(str(p) for p in (base, *parts)).encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def unified_diff(parent: str, candidate: str, *, parent_label: str, candidate_label: str) -> str:
+    return "".join(
+        difflib.unified_diff(
+            parent.splitlines(keepends=True),
+            candidate.splitlines(keepends=True),
+            fromfile=f"a/train.py ({parent_label})",
+            tofile=f"b/train.py ({candidate_label})",
+        )
+    )
+
+
+def validate_proposal(text: str, parent: str) -> str | None:
+    """Why a proposed train.py will not be run, or None when it may run."""
+    if text.replace("\r\n", "\n") == parent.replace("\r\n", "\n"):
+        return "no change: the proposal is identical to its parent"
+    size = len(text.encode("utf-8", errors="replace"))
+    if size > MAX_TRAIN_PY_BYTES:
+        return f"too large: {size} bytes (the limit is {MAX_TRAIN_PY_BYTES})"
+    try:
+        ast.parse(text, filename="train.py")
+    except SyntaxError as exc:
+        return f"does not parse: {exc.msg} (line {exc.lineno})"
+    except (ValueError, RecursionError, MemoryError) as exc:
+        return f"does not parse: {exc}"
+    return None
+
+
+def read_program(path: Path) -> str:
+    """program.md's text; a clear message when it is missing (the agent cannot work without it)."""
+    if not path.is_file():
+        raise ProgramMissing(
+            f"program.md not found at {path}: it tells the agent what it may change and how. "
+            "Write one (start from the reference autoresearch program.md) next to train.py, "
+            'or point to it with --program / `program = "..."` in autoresearch.toml.'
+        )
+    return path.read_text(encoding="utf-8")
+
+
+def read_tail(path: Path, limit: int = LOG_TAIL_LIMIT * 2) -> str:
+    """The last `limit` bytes of a log as text (raw and untrusted: the agent fences it)."""
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - limit))
+            return f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def add_usage(a: Usage, b: Usage) -> Usage:
+    return Usage(
+        model=a.model or b.model,
+        input_tokens=a.input_tokens + b.input_tokens,
+        output_tokens=a.output_tokens + b.output_tokens,
+        cache_read_input_tokens=a.cache_read_input_tokens + b.cache_read_input_tokens,
+        cache_creation_input_tokens=a.cache_creation_input_tokens + b.cache_creation_input_tokens,
+        cost_usd=a.cost_usd + b.cost_usd,
+        api_calls=a.api_calls + b.api_calls,
+    )
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM back while a trial's records are written; deliver them afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+
+    def hold(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+
+    previous = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if received:
+        raise KeyboardInterrupt(f"signal {received[0]} received while writing records")
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM stops the run like Ctrl-C (a KeyboardInterrupt), so `finally` blocks clean up."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _file_log(path: Path, *, thread_only: bool) -> Iterator[None]:
+    """Copy the controller's log records (harness.* and sandbox.*) into `path` while inside."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    if thread_only:
+        ident = threading.get_ident()
+        handler.addFilter(lambda record: record.thread == ident)
+    loggers = [logging.getLogger("harness"), logging.getLogger("sandbox")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        if lg.getEffectiveLevel() > logging.INFO:
+            lg.setLevel(logging.INFO)  # the file logs are the audit trail: always at least INFO
+        lg.addHandler(handler)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.removeHandler(handler)
+            lg.setLevel(level)
+        handler.close()
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+class ResearchLoop:
+    """One controller session on one run folder. Build it, call `run()`."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        sandbox: Sandbox,
+        agent: Agent,
+        *,
+        progress: Progress | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.config = config
+        self.sandbox = sandbox
+        self.agent = agent
+        self.progress: Progress = progress or LogProgress()
+        self.sleep = sleep
+        self.paths = RunPaths(config.run_dir)
+        self.ledger = Ledger(self.paths.ledger)
+        self.results = ResultsFile(self.paths.results)
+        self.lineage = Lineage(self.paths.lineage, config.run_tag)
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self.program = ""
+        self.recorded = 0
+        self.changes: list[str] = []
+
+    # ------------------------------------------------------------------ session
+
+    def run(self) -> RunSummary:
+        """Run until max_trials, the agent's end, or a stop. Ctrl-C/SIGTERM propagate as KeyboardInterrupt."""
+        self.program = read_program(self.config.program)
+        self.paths.root.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(self.paths.lock)
+        try:
+            lock.acquire(timeout=0)
+        except LockTimeout:
+            owner = self.paths.owner.read_text(encoding="utf-8").strip() if self.paths.owner.exists() else "?"
+            raise RunLocked(
+                f"another controller is running on {self.paths.root} ({owner}); "
+                "stop it first, or choose another --run-dir"
+            ) from None
+        try:
+            write_atomic(self.paths.owner, json.dumps({"worker": self.worker, "since": now_iso()}) + "\n")
+            with _file_log(self.paths.log, thread_only=False), sigterm_as_interrupt():
+                pending = self._start_up()
+                self.progress.start(self._banner())
+                try:
+                    stopped = self._session(pending)
+                finally:
+                    self.progress.stop()
+            return self._summary(stopped)
+        finally:
+            self.paths.owner.unlink(missing_ok=True)
+            lock.release()
+
+    def _banner(self) -> list[str]:
+        c = self.config
+        return [
+            f"run {c.run_tag} in {c.run_dir}",
+            f"profile {c.profile} · agent {self.agent.name} · backend {self.sandbox.name}"
+            f" · max trials {c.max_trials if c.max_trials is not None else 'unlimited'}",
+        ]
+
+    # ------------------------------------------------------------------ start-up and recovery
+
+    def _start_up(self) -> list[TrialPlan]:
+        repaired = self.ledger.repair_torn_tail()
+        if repaired:
+            self.changes.append(f"ledger: {repaired}")
+        check = self.ledger.verify()
+        if not check.ok:
+            raise LoopError(
+                f"the ledger {self.paths.ledger} does not verify: {check.bad}. The run will not continue "
+                "on edited history: restore ledger.jsonl from a copy, or start a new run folder "
+                f"(`python -m harness verify-ledger {self.paths.root}` shows the same)."
+            )
+        with self.ledger.locked():
+            records = self.ledger.records()
+            appended = self.results.sync(rows_for(records))
+        if appended:
+            self.changes.append(f"results.tsv: appended {appended} row(s) from the ledger")
+        meta = self._meta(records)
+        if self.lineage.head() is None:
+            if records:
+                raise LoopError(
+                    f"{self.paths.lineage} is missing but the ledger has rows; restore it from a copy"
+                )
+            meta = None  # nothing was recorded yet: start afresh from the current train.py
+        root = self.lineage.ensure_root(self._starting_train_py())
+        if meta is None:
+            start = self.lineage.read(root)
+            meta = RunMeta(
+                run_tag=self.config.run_tag,
+                profile=self.config.profile,
+                agent=self.config.agent,
+                backend=self.config.backend,
+                created_at=now_iso(),
+                root_commit=root,
+                start_sha256=hashlib.sha256(start.encode()).hexdigest(),
+                judge=self.config.judge,
+            )
+            write_atomic(self.paths.run_json, meta.model_dump_json(indent=2) + "\n")
+        pending = self._pending_trials(records)
+        state = replay((r.judged() for r in records), self.config.judge)
+        best = state.best.commit if state.best is not None else root
+        decided = {r.trial_id: (r.decision, r.candidate_commit) for r in records if r.kind == "candidate"}
+        if self.config.judge.baseline_repeats == 1:
+            logger.warning("baseline_repeats = 1 gives no noise estimate: the threshold is min_delta alone")
+        self.changes += self.lineage.reconcile(
+            best_commit=best, decided=decided, in_progress={p.trial_id for p in pending}
+        )
+        return pending
+
+    def _meta(self, records: Sequence[TrialRecord]) -> RunMeta | None:
+        if not self.paths.run_json.exists():
+            if records:
+                raise LoopError(f"{self.paths.run_json} is missing but the ledger has rows; restore it")
+            return None
+        meta = RunMeta.model_validate_json(self.paths.run_json.read_text(encoding="utf-8"))
+        c = self.config
+        if meta.profile != c.profile:
+            raise RunMismatch(
+                f"{c.run_dir} holds a {meta.profile}-profile run; its numbers cannot be compared with "
+                f"profile {c.profile}. Use --profile {meta.profile} or another --run-dir."
+            )
+        if meta.run_tag != c.run_tag:
+            raise RunMismatch(
+                f"{c.run_dir} was started with run tag {meta.run_tag!r}, not {c.run_tag!r}; "
+                f"use run_tag = {meta.run_tag!r} or another --run-dir"
+            )
+        for what, was, now in (
+            ("agent", meta.agent, c.agent),
+            ("backend", meta.backend, c.backend),
+            ("judge settings", meta.judge, c.judge),
+        ):
+            if was != now:
+                logger.warning("this run was started with %s %s; continuing with %s", what, was, now)
+        return meta
+
+    def _starting_train_py(self) -> str:
+        if self.lineage.head() is not None:
+            return ""  # the lineage already holds it; ensure_root does not read this
+        path = self.config.train_py
+        if not path.is_file():
+            raise LoopError(f"the starting train.py {path} does not exist; pass --train-py or create it")
+        return path.read_text(encoding="utf-8")
+
+    def _pending_trials(self, records: Sequence[TrialRecord]) -> list[TrialPlan]:
+        """Trial folders without a ledger row: re-run them, or abandon them (see the module docstring)."""
+        recorded = {r.trial_id for r in records}
+        pending: list[TrialPlan] = []
+        if not self.paths.trials.is_dir():
+            return pending
+        for folder in sorted(self.paths.trials.iterdir()):
+            if not folder.is_dir() or not TRIAL_ID.match(folder.name) or folder.name in recorded:
+                continue
+            tp = TrialPaths(folder)
+            if not tp.trial_json.exists():
+                self._abandon(tp, "it was never fully prepared (no trial.json)")
+                continue
+            plan = TrialPlan.model_validate_json(tp.trial_json.read_text(encoding="utf-8"))
+            starts = self._starts(tp)
+            if starts >= self.config.retries.trial_starts:
+                self._abandon(tp, f"it was started {starts} times without finishing")
+                continue
+            pending.append(plan)
+            logger.warning("%s was interrupted before its ledger row; running it again", plan.trial_id)
+        return pending
+
+    def _abandon(self, tp: TrialPaths, why: str) -> None:
+        target = tp.dir.with_name(f"{tp.dir.name}.abandoned")
+        n = 1
+        while target.exists():
+            n += 1
+            target = tp.dir.with_name(f"{tp.dir.name}.abandoned{n}")
+        tp.dir.rename(target)
+        change = f"{tp.dir.name}: abandoned, {why} (moved to trials/{target.name})"
+        logger.warning("%s", change)
+        self.changes.append(change)
+
+    @staticmethod
+    def _starts(tp: TrialPaths) -> int:
+        if not tp.starts.exists():
+            return 0
+        return sum(1 for line in tp.starts.read_text(encoding="utf-8").splitlines() if line.strip())
+
+    # ------------------------------------------------------------------ the session's trials
+
+    def _session(self, pending: Sequence[TrialPlan]) -> str:
+        for plan in pending:
+            self._execute(plan)
+        try:
+            while True:
+                records = self.ledger.records()
+                state = replay((r.judged() for r in records), self.config.judge)
+                if not state.ready:
+                    self._execute(self._plan_baseline(records))
+                    continue
+                self._check_continue(records)
+                plan = self._plan_candidate(records, state)
+                self._execute(plan)
+        except _Stop as stop:
+            logger.info("stopping: %s", stop)
+            return str(stop)
+
+    def _check_continue(self, records: Sequence[TrialRecord]) -> None:
+        candidates = [r for r in records if r.kind == "candidate"]
+        limit = self.config.max_trials
+        if limit is not None and len(candidates) >= limit:
+            raise _Stop(f"max_trials reached: {len(candidates)} candidate trials of {limit}")
+        streak = 0
+        for r in reversed(candidates):
+            if r.runs:
+                break
+            streak += 1
+        if streak >= self.config.retries.invalid_streak:
+            raise InvalidStreak(
+                f"the agent's last {streak} proposals did not run (they do not parse or change nothing); "
+                f"see the reasons with `python -m harness status {self.paths.root}` and check program.md"
+            )
+
+    def _allocate(self, records: Sequence[TrialRecord]) -> str:
+        """The next trial id, claimed with an atomic mkdir (several workers never get the same one)."""
+        self.paths.trials.mkdir(parents=True, exist_ok=True)
+        used = [
+            int(m.group(1)) for m in (TRIAL_FOLDER.match(p.name) for p in self.paths.trials.iterdir()) if m
+        ]
+        used += [int(m.group(1)) for m in (TRIAL_ID.match(r.trial_id) for r in records) if m]
+        n = max(used, default=-1) + 1
+        while True:
+            trial_id = f"t{n:04d}"
+            try:
+                (self.paths.trials / trial_id).mkdir()
+                return trial_id
+            except FileExistsError:
+                n += 1
+
+    def _seeds(self, trial_id: str) -> tuple[int, int]:
+        return derive_seed(self.config.seed, trial_id, 0), derive_seed(self.config.seed, trial_id, 1)
+
+    def _plan_baseline(self, records: Sequence[TrialRecord]) -> TrialPlan:
+        root = self.lineage.root()
+        text = self.lineage.read(root)
+        done = sum(1 for r in records if r.decision is Decision.BASELINE)
+        trial_id = self._allocate(records)
+        tp = self.paths.trial(trial_id)
+        tp.candidate.write_text(text, encoding="utf-8")
+        seeds = self._seeds(trial_id)
+        plan = TrialPlan(
+            trial_id=trial_id,
+            kind="baseline",
+            parent_commit=None,
+            candidate_commit=root,
+            description=f"baseline {done + 1}/{self.config.judge.baseline_repeats} (seed {seeds[0]})",
+            seeds=seeds,
+            code_lines=code_lines(text),
+            created_at=now_iso(),
+            worker=self.worker,
+        )
+        write_atomic(tp.trial_json, plan.model_dump_json(indent=2) + "\n")
+        return plan
+
+    def _plan_candidate(self, records: Sequence[TrialRecord], state: JudgeState) -> TrialPlan:
+        assert state.best is not None  # the caller checked state.ready
+        parent = state.best.commit
+        parent_text = self.lineage.read(parent)
+        candidates = sum(1 for r in records if r.kind == "candidate")
+        ctx = AgentContext(
+            program=self._program(),
+            train_py=parent_text,
+            best_val_bpb=state.best.val_bpb,
+            history=tuple(
+                HistoryRow(
+                    trial_id=r.trial_id,
+                    status=r.status.value,
+                    decision=r.decision.value,
+                    val_bpb=r.val_bpb,
+                    description=r.description,
+                )
+                for r in records
+            ),
+            last=self._last_trial(records[-1]) if records else None,
+            profile=self.config.profile,
+            trial_index=candidates,
+            seed=derive_seed(self.config.seed, "agent", candidates),
+        )
+        self.progress.phase(f"#{candidates}", f"asking the {self.agent.name} agent for a proposal")
+        proposal, agent_record = self._propose(ctx)
+        text = proposal.train_py
+        invalid = validate_proposal(text, parent_text)
+        description = sanitize_description(proposal.description) or "(no description)"
+        trial_id = self._allocate(records)
+        tp = self.paths.trial(trial_id)
+        tp.candidate.write_text(text, encoding="utf-8")
+        tp.diff.write_text(
+            unified_diff(parent_text, text, parent_label=parent[:12], candidate_label=trial_id),
+            encoding="utf-8",
+        )
+        commit = self.lineage.commit_candidate(
+            text, parent=parent, trial_id=trial_id, description=description
+        )
+        plan = TrialPlan(
+            trial_id=trial_id,
+            kind="candidate",
+            parent_commit=parent,
+            candidate_commit=commit,
+            description=description,
+            seeds=self._seeds(trial_id),
+            code_lines=code_lines(text),
+            invalid=invalid,
+            agent=agent_record,
+            created_at=now_iso(),
+            worker=self.worker,
+        )
+        write_atomic(tp.trial_json, plan.model_dump_json(indent=2) + "\n")
+        return plan
+
+    def _program(self) -> str:
+        """program.md as it is now: the human may edit it during the night; a vanished file keeps the last text."""
+        try:
+            self.program = read_program(self.config.program)
+        except ProgramMissing:
+            logger.warning("%s disappeared; the agent keeps the last version it read", self.config.program)
+        return self.program
+
+    def _last_trial(self, record: TrialRecord) -> LastTrial:
+        tail = ""
+        if record.runs:
+            run = record.runs[-1]
+            tail = read_tail(self.paths.trial(record.trial_id).dir / run.folder / C.TRAIN_LOG_FILE)
+        return LastTrial(
+            trial_id=record.trial_id,
+            status=record.status.value,
+            decision=record.decision.value,
+            val_bpb=record.val_bpb,
+            reason=record.reason,
+            log_tail=tail,
+        )
+
+    def _propose(self, ctx: AgentContext) -> tuple[Proposal, AgentRecord]:
+        retries = self.config.retries
+        failed = Usage()
+        for attempt in range(1, retries.agent_attempts + 1):
+            started = time.monotonic()
+            try:
+                proposal = self.agent.propose(ctx)
+            except AgentExhausted as exc:
+                raise _Stop(f"the agent has nothing left to propose ({exc})") from exc
+            except AgentFatal as exc:
+                raise AgentGaveUp(f"the {self.agent.name} agent cannot work as configured: {exc}") from exc
+            except AgentError as exc:
+                if exc.usage is not None:
+                    failed = add_usage(failed, exc.usage)
+                if attempt == retries.agent_attempts:
+                    raise AgentGaveUp(
+                        f"the {self.agent.name} agent failed {attempt} times in a row; last error: {exc}. "
+                        "Nothing was recorded for these attempts; run the same command again to resume."
+                    ) from exc
+                wait = retries.agent_backoff_s * 2 ** (attempt - 1)
+                logger.warning("agent error (attempt %d, retrying in %.0fs): %s", attempt, wait, exc)
+                self.sleep(wait)
+                continue
+            record = AgentRecord(
+                name=self.agent.name,
+                model=proposal.usage.model,
+                usage=add_usage(proposal.usage, failed),
+                propose_s=round(time.monotonic() - started, 3),
+            )
+            return proposal, record
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # ------------------------------------------------------------------ one trial
+
+    def _execute(self, plan: TrialPlan) -> TrialRecord:
+        tp = self.paths.trial(plan.trial_id)
+        starts = self._starts(tp)
+        if starts:
+            self._set_aside(tp, starts)
+        with tp.starts.open("a", encoding="utf-8") as f:
+            f.write(json.dumps({"at": now_iso(), "worker": self.worker}) + "\n")
+        started_at = now_iso()
+        with _file_log(tp.controller_log, thread_only=True):
+            logger.info("%s (%s): %s", plan.trial_id, plan.kind, plan.description)
+            verdicts: list[Verdict] = []
+            if plan.invalid is None:
+                self.progress.phase(plan.trial_id, f"running ({plan.description})")
+                verdicts.append(self._run_sandbox(plan, 0))
+                if plan.kind == "candidate" and verdicts[0].status is Status.OK:
+                    first = self._judge(plan, verdicts)
+                    if first.action is Action.CONFIRM:
+                        logger.info("%s: %s", plan.trial_id, first.reason)
+                        self.progress.phase(plan.trial_id, f"confirming with seed {plan.seeds[1]}")
+                        verdicts.append(self._run_sandbox(plan, 1))
+        record = self._record(plan, verdicts, started_at)
+        if plan.kind == "baseline" and record.decision is not Decision.BASELINE:
+            raise BaselineFailed(
+                f"the starting train.py failed its baseline run {plan.trial_id}: {record.status.value}: "
+                f"{record.reason}. See `python -m harness logs {plan.trial_id} --run-dir {self.paths.root}`; "
+                "fix train.py (or the data and images) and start a new run folder."
+            )
+        return record
+
+    def _set_aside(self, tp: TrialPaths, starts: int) -> None:
+        """Move an interrupted attempt's sandbox output out of the way (kept, never deleted)."""
+        aside = tp.interrupted_dir / str(starts)
+        aside.mkdir(parents=True, exist_ok=True)
+        for entry in tp.dir.iterdir():
+            if entry.name not in tp.own_files:
+                shutil.move(str(entry), str(aside / entry.name))
+
+    def _run_sandbox(self, plan: TrialPlan, run: int) -> Verdict:
+        tp = self.paths.trial(plan.trial_id)
+        spec = TrialSpec(
+            trial_id=plan.trial_id if run == 0 else plan.trial_id + CONFIRM_SUFFIX,
+            candidate=tp.candidate,
+            trial_dir=tp.run_dir(run),
+            profile=self.config.profile,
+            limits=self.config.limits,
+            seed=plan.seeds[run],
+            gpu_ids=self.config.gpu_ids,
+        )
+        retries = self.config.retries
+        for attempt in range(1, retries.sandbox_attempts + 1):
+            try:
+                verdict = self.sandbox.run_trial(spec)
+            except (DataMissing, ImageMissing) as exc:
+                raise SandboxGaveUp(f"{exc} (nothing was recorded against the candidate)") from exc
+            except SandboxError as exc:
+                if attempt == retries.sandbox_attempts:
+                    raise SandboxGaveUp(
+                        f"the {self.sandbox.name} sandbox failed {attempt} times running {spec.trial_id}: {exc}. "
+                        "Nothing was recorded against the candidate; fix the sandbox and run the same "
+                        "command again: the trial is re-run."
+                    ) from exc
+                wait = retries.sandbox_backoff_s * 2 ** (attempt - 1)
+                logger.warning(
+                    "sandbox error on %s (attempt %d, retrying in %.0fs): %s",
+                    spec.trial_id,
+                    attempt,
+                    wait,
+                    exc,
+                )
+                self.sleep(wait)
+                continue
+            if not (spec.trial_dir / C.VERDICT_FILE).exists():
+                write_atomic(spec.trial_dir / C.VERDICT_FILE, verdict.model_dump_json(indent=2) + "\n")
+            return verdict
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _judge(self, plan: TrialPlan, verdicts: Sequence[Verdict]) -> Judgement:
+        records = self.ledger.records()
+        state = replay((r.judged() for r in records), self.config.judge)
+        assert state.best is not None and state.noise is not None
+        scores = [v.val_bpb for v in verdicts if v.val_bpb is not None]
+        return judge(state.best, state.noise, scores, plan.code_lines, self.config.judge)
+
+    def _decide(
+        self, plan: TrialPlan, verdicts: Sequence[Verdict], state: JudgeState
+    ) -> tuple[Status, Decision, str, float | None, dict[str, Any] | None]:
+        """(status, decision, reason, val_bpb, judgement) for a finished trial."""
+        if plan.invalid is not None:
+            return Status.CRASH, Decision.CRASH, plan.invalid, None, None
+        first = verdicts[0]
+        if first.status is not Status.OK:
+            return first.status, Decision.CRASH, first.reason, None, None
+        if plan.kind == "baseline":
+            return Status.OK, Decision.BASELINE, "baseline run", first.val_bpb, None
+        assert state.best is not None and state.noise is not None
+        ok = [v for v in verdicts if v.status is Status.OK and v.val_bpb is not None]
+        scores = [v.val_bpb for v in ok if v.val_bpb is not None]
+        failed = next((v for v in verdicts if v.status is not Status.OK), None)
+        if failed is not None:  # the confirmation run did not score: the keep is not confirmed
+            reason = f"not confirmed: the confirmation run ended {failed.status.value}: {failed.reason}"
+            return failed.status, Decision.DISCARD, reason, sum(scores) / len(scores), None
+        j = judge(state.best, state.noise, scores, plan.code_lines, self.config.judge)
+        if j.action is Action.CONFIRM:  # best moved under us (another worker): judged as unconfirmed
+            return (
+                Status.OK,
+                Decision.DISCARD,
+                f"not confirmed in time: {j.reason}",
+                j.score,
+                j.model_dump(mode="json"),
+            )
+        return Status.OK, j.decision, j.reason, j.score, j.model_dump(mode="json")
+
+    def _record(self, plan: TrialPlan, verdicts: Sequence[Verdict], started_at: str) -> TrialRecord:
+        tp = self.paths.trial(plan.trial_id)
+        runs = [self._run_record(tp, i, v) for i, v in enumerate(verdicts)]
+        memory = [v.peak_memory_gb for v in verdicts if v.peak_memory_gb is not None]
+        first = verdicts[0] if verdicts else None
+        manifest: dict[str, Any] = {
+            "trial_id": plan.trial_id,
+            "kind": plan.kind,
+            "parent_commit": plan.parent_commit,
+            "candidate_commit": plan.candidate_commit,
+            "seeds": [r.seed for r in runs],
+            "images": first.images if first else {},
+            "limits": self.config.limits.model_dump(mode="json"),
+            "gpu_ids": list(self.config.gpu_ids),
+            "agent": plan.agent.model_dump(mode="json") if plan.agent else None,
+            "runs": [r.model_dump(mode="json") for r in runs],
+            "hashes": hash_tree(tp.dir, skip=frozenset({tp.manifest.name})),
+        }
+        write_atomic(tp.manifest, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        hashes = {**manifest["hashes"], tp.manifest.name: sha256_file(tp.manifest)}
+        with _signals_held(), self.ledger.locked():
+            records = self.ledger.records()
+            state = replay((r.judged() for r in records), self.config.judge)
+            status, decision, reason, val, judgement = self._decide(plan, verdicts, state)
+            record = TrialRecord(
+                trial_id=plan.trial_id,
+                kind=plan.kind,
+                worker=self.worker,
+                parent_commit=plan.parent_commit,
+                candidate_commit=plan.candidate_commit,
+                status=status,
+                decision=decision,
+                reason=reason,
+                description=plan.description,
+                val_bpb=val,
+                claimed_val_bpb=first.claimed_val_bpb if first else None,
+                memory_gb=max(memory) if memory else None,
+                code_lines=plan.code_lines,
+                seeds=[r.seed for r in runs],
+                runs=runs,
+                judge=judgement,
+                images=first.images if first else {},
+                limits=self.config.limits.model_dump(mode="json"),
+                gpu_ids=list(self.config.gpu_ids),
+                hashes=hashes,
+                agent=plan.agent,
+                timings=self._timings(plan, verdicts),
+                started_at=started_at,
+                finished_at=now_iso(),
+            )
+            written = TrialRecord.model_validate(self.ledger.append(record.to_row()))
+            self.results.append([written.result_row()])
+            if plan.kind == "candidate":
+                if decision is Decision.KEEP:
+                    assert state.best is not None
+                    self.lineage.keep(plan.trial_id, plan.candidate_commit, expected_head=state.best.commit)
+                else:
+                    self.lineage.discard(plan.trial_id, plan.candidate_commit)
+        self.recorded += 1
+        new_state = replay((r.judged() for r in [*records, written]), self.config.judge)
+        self.progress.recorded(written, new_state)
+        return written
+
+    def _run_record(self, tp: TrialPaths, run: int, v: Verdict) -> RunRecord:
+        report = v.report or {}
+        artifact = report.get("artifact_sha256")
+        return RunRecord(
+            run=run,
+            sandbox_trial_id=v.trial_id,
+            folder=tp.run_dir(run).relative_to(tp.dir).as_posix(),
+            seed=v.seed,
+            status=v.status,
+            val_bpb=v.val_bpb,
+            claimed_val_bpb=v.claimed_val_bpb,
+            reason=v.reason,
+            timings={k: float(x) for k, x in v.timings.items() if isinstance(x, int | float) and x == x},
+            peak_memory_gb=v.peak_memory_gb,
+            images=v.images,
+            limits=v.limits,
+            gpu_ids=v.gpu_ids,
+            backend=v.backend,
+            artifact_sha256=artifact if isinstance(artifact, str) else None,
+        )
+
+    @staticmethod
+    def _timings(plan: TrialPlan, verdicts: Sequence[Verdict]) -> dict[str, float]:
+        timings: dict[str, float] = {}
+        if plan.agent is not None:
+            timings["propose_s"] = plan.agent.propose_s
+        for i, v in enumerate(verdicts):
+            total = v.timings.get("total_s")
+            if isinstance(total, int | float):
+                timings[f"run{i}_total_s"] = float(total)
+        return timings
+
+    # ------------------------------------------------------------------ summary
+
+    def _summary(self, stopped: str) -> RunSummary:
+        records = self.ledger.records()
+        state = replay((r.judged() for r in records), self.config.judge)
+        check = self.ledger.verify()
+        return RunSummary(
+            stopped=stopped,
+            recorded=self.recorded,
+            total_rows=len(records),
+            candidates=sum(1 for r in records if r.kind == "candidate"),
+            keeps=sum(1 for r in records if r.decision is Decision.KEEP),
+            best_val_bpb=state.best.val_bpb if state.best else None,
+            baseline_val_bpb=state.noise.mean if state.noise else None,
+            threshold=state.noise.threshold if state.noise else None,
+            last_hash=check.last_hash,
+            changes=list(self.changes),
+        )

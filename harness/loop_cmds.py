@@ -1,0 +1,335 @@
+"""The research loop's commands: `run`, `status`, `report`, `verify-ledger`, `logs`.
+
+`run` resolves the configuration (flags over environment over autoresearch.toml over defaults),
+prints a banner saying what it chose and why, and drives `ResearchLoop`. The default run folder
+is `runs/<profile>-<agent>` (e.g. `runs/tiny-offline`), so running the same command again resumes
+the same run. When a session ends it writes progress.png and report.md into the run folder.
+
+Exit codes: 0 done; 1 the run stopped on an error (the message says what to do); 2 the
+configuration is broken; 3 engine unreachable, 4 image missing, 5 data missing (as `trial`);
+130 interrupted (Ctrl-C or SIGTERM; run the same command to resume). `verify-ledger` exits 1
+when history does not verify.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+EXIT_ERROR = 1
+EXIT_CONFIG = 2
+EXIT_ENGINE = 3
+EXIT_IMAGE = 4
+EXIT_DATA = 5
+EXIT_INTERRUPTED = 130
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    run = sub.add_parser(
+        "run",
+        help="run the research loop (resumes when the run folder already exists)",
+        description="Baseline, then propose / run / judge / record until --max-trials or Ctrl-C. "
+        "Running the same command again resumes the run.",
+    )
+    run.add_argument("--profile", choices=("tiny", "gpu", "auto"), help="auto: gpu if a GPU is visible")
+    run.add_argument(
+        "--agent",
+        choices=("claude", "offline", "replay", "auto"),
+        help="auto: claude if ANTHROPIC_API_KEY is set",
+    )
+    run.add_argument("--replay-dir", type=Path, help="the replay agent's folder of train.py files")
+    run.add_argument(
+        "--max-trials", type=int, metavar="N", help="candidate trials in the run folder (default: forever)"
+    )
+    run.add_argument("--run-dir", type=Path, help="default: runs/<profile>-<agent>")
+    run.add_argument("--config", type=Path, help="TOML settings (default: ./autoresearch.toml if present)")
+    run.add_argument("--backend", choices=("docker", "local"), help="local isolates NOTHING: tests only")
+    run.add_argument("--runtime", choices=("runc", "runsc"), help="container runtime (default: the engine's)")
+    run.add_argument("--program", type=Path, help="the agent's instructions (default: ./program.md)")
+    run.add_argument("--train-py", type=Path, help="the starting train.py (default: ./train.py)")
+    run.add_argument(
+        "--data-dir", type=Path, help="prepared data (default: prepare.py's folder for the profile)"
+    )
+    run.add_argument("--seed", type=int, help="base seed for every run's seed")
+    run.set_defaults(func=cmd_run)
+
+    status = sub.add_parser("status", help="a run's key numbers and last trials")
+    status.add_argument("dir", nargs="?", type=Path, help="run folder (default: the only one under runs/)")
+    status.set_defaults(func=cmd_status)
+
+    report = sub.add_parser("report", help="write progress.png and report.md into a run folder")
+    report.add_argument("dir", nargs="?", type=Path, help="run folder (default: the only one under runs/)")
+    report.set_defaults(func=cmd_report)
+
+    check = sub.add_parser("verify-ledger", help="re-hash a run's ledger; exit 1 naming the first bad row")
+    check.add_argument("dir", type=Path, help="run folder (or its ledger.jsonl)")
+    check.set_defaults(func=cmd_verify_ledger)
+
+    logs = sub.add_parser("logs", help="one trial's logs, limits, exit reasons and evaluator report")
+    logs.add_argument("trial", help="trial id, e.g. t0007")
+    logs.add_argument("--run-dir", type=Path, help="run folder (default: the only one under runs/)")
+    logs.set_defaults(func=cmd_logs)
+
+
+def _err(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- run
+
+
+@contextlib.contextmanager
+def _gpu_lease(profile: str, configured: tuple[str, ...], owner: str) -> Iterator[tuple[str, ...]]:
+    """The GPU ids for this session: the configured ones, or one leased device for the gpu profile."""
+    if configured or profile != "gpu":
+        yield configured
+        return
+    from sandbox.gpu import GpuLeases
+
+    with GpuLeases().acquire(owner) as ids:
+        yield ids
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from harness.agents import make_agent
+    from harness.agents.base import AgentFatal
+    from harness.config import (
+        ConfigError,
+        RunConfig,
+        agent_settings_for,
+        default_run_dir,
+        load_settings,
+        resolve_agent,
+        resolve_profile,
+    )
+    from harness.ledger import LedgerError
+    from harness.lineage import LineageError, check_run_tag
+    from harness.loop import LoopError, ResearchLoop, read_program
+    from harness.progress import make_progress
+    from harness.results import ResultsError
+    from sandbox.verdict import DataMissing, EngineUnavailable, ImageMissing, SandboxError
+
+    overrides: dict[str, Any] = {
+        "profile": args.profile,
+        "agent": args.agent,
+        "replay_dir": args.replay_dir,
+        "max_trials": args.max_trials,
+        "run_dir": args.run_dir,
+        "backend": args.backend,
+        "runtime": args.runtime,
+        "program": args.program,
+        "train_py": args.train_py,
+        "data_dir": args.data_dir,
+        "seed": args.seed,
+    }
+    try:
+        settings = load_settings(args.config, overrides)
+        profile = resolve_profile(settings.profile)
+        agent_choice = resolve_agent(settings.agent)
+        run_dir = settings.run_dir or default_run_dir(profile.value, agent_choice.value)
+        try:
+            run_tag = check_run_tag(settings.run_tag or _recorded_run_tag(run_dir) or run_dir.resolve().name)
+        except ValueError as exc:
+            raise ConfigError(f"run_tag: {exc} (set run_tag in the configuration)") from None
+        limits = settings.limits_for(profile.value)
+        agent_settings = agent_settings_for(settings, agent_choice.value)
+    except ConfigError as exc:
+        _err(str(exc))
+        return EXIT_CONFIG
+
+    banner = [
+        f"profile {profile}",
+        f"agent {agent_choice}",
+        f"backend {settings.backend}"
+        + (
+            ": LOCAL BACKEND, NO ISOLATION: train.py runs as you, on your files and network. Tests only."
+            if settings.backend == "local"
+            else ": every candidate in hardened containers"
+            + (f" (runtime {settings.runtime})" if settings.runtime else "")
+        ),
+        f"run folder {run_dir}"
+        + (" (resuming)" if (run_dir / "ledger.jsonl").exists() else "")
+        + ("" if settings.run_dir else " (default: runs/<profile>-<agent>)"),
+    ]
+    for line in banner:
+        print(line, file=sys.stderr)
+    try:
+        read_program(settings.program)  # fail fast, before an engine or an agent is started
+    except LoopError as exc:
+        _err(str(exc))
+        return EXIT_ERROR
+    if settings.backend == "local":
+        logger.warning("the local backend isolates nothing; never run an untrusted agent's train.py with it")
+
+    try:
+        agent = make_agent(agent_choice.value, agent_settings)
+    except AgentFatal as exc:
+        _err(f"the {agent_choice.value} agent cannot start: {exc}")
+        return EXIT_CONFIG
+    try:
+        sandbox = _make_sandbox(settings.backend, settings.data_dir)
+    except EngineUnavailable as exc:
+        _err(str(exc))
+        return EXIT_ENGINE
+    except ImageMissing as exc:
+        _err(str(exc))
+        return EXIT_IMAGE
+    except SandboxError as exc:
+        _err(str(exc))
+        return EXIT_ERROR
+
+    try:
+        with _gpu_lease(profile.value, settings.gpu_ids, f"run:{run_tag}") as gpu_ids:
+            config = RunConfig(
+                run_dir=run_dir,
+                run_tag=run_tag,
+                profile=profile.value,  # type: ignore[arg-type]
+                agent=agent_choice.value,
+                backend=settings.backend,
+                program=settings.program,
+                train_py=settings.train_py,
+                limits=limits,
+                judge=settings.judge,
+                retries=settings.retries,
+                max_trials=settings.max_trials,
+                seed=settings.seed,
+                gpu_ids=tuple(gpu_ids),
+            )
+            summary = ResearchLoop(config, sandbox, agent, progress=make_progress()).run()
+    except KeyboardInterrupt:
+        _err(f"interrupted; everything recorded so far is in {run_dir}. Run the same command to resume.")
+        _write_report_quietly(run_dir)
+        return EXIT_INTERRUPTED
+    except LoopError as exc:
+        _err(str(exc))
+        _write_report_quietly(run_dir)
+        cause = exc.__cause__
+        if isinstance(cause, DataMissing):
+            return EXIT_DATA
+        if isinstance(cause, ImageMissing):
+            return EXIT_IMAGE
+        if isinstance(cause, EngineUnavailable):
+            return EXIT_ENGINE
+        return EXIT_ERROR
+    except (LedgerError, LineageError, ResultsError, SandboxError) as exc:
+        _err(str(exc))
+        return EXIT_ERROR
+
+    print(f"stopped: {summary.stopped}", file=sys.stderr)
+    if summary.best_val_bpb is not None and summary.baseline_val_bpb is not None:
+        print(
+            f"best val_bpb {summary.best_val_bpb:.6f} (baseline {summary.baseline_val_bpb:.6f}, "
+            f"{summary.keeps} keeps in {summary.candidates} candidates); ledger head {summary.last_hash[:16]}",
+            file=sys.stderr,
+        )
+    _write_report_quietly(run_dir)
+    return 0
+
+
+def _recorded_run_tag(run_dir: Path) -> str | None:
+    """The run tag a resumed run folder was started with (it names the lineage branch)."""
+    import json
+
+    try:
+        tag = json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("run_tag")
+    except (OSError, ValueError):
+        return None
+    return tag if isinstance(tag, str) else None
+
+
+def _make_sandbox(backend: str, data_dir: Path | None) -> Any:
+    if backend == "local":
+        from sandbox.local_backend import LocalSandbox
+
+        return LocalSandbox(data_dir=data_dir)
+    from sandbox.docker_backend import DockerSandbox
+
+    return DockerSandbox(data_dir=data_dir)
+
+
+def _write_report_quietly(run_dir: Path) -> None:
+    from harness.report import ReportError, write_report
+
+    try:
+        png, md = write_report(run_dir)
+    except ReportError:
+        return
+    except (OSError, ValueError) as exc:
+        logger.warning("could not write the report: %s", exc)
+        return
+    print(f"report: {md} and {png}", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- status, report, logs
+
+
+def _run_dir(given: Path | None) -> Path:
+    """The run folder named, else the only one under ./runs/."""
+    if given is not None:
+        return given
+    runs = Path("runs")
+    found = sorted(p.parent for p in runs.glob("*/ledger.jsonl")) if runs.is_dir() else []
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise FileNotFoundError("no run folder under ./runs/; name one")
+    raise FileNotFoundError("several run folders under ./runs/; name one of: " + ", ".join(map(str, found)))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from harness.report import ReportError, status_text
+
+    try:
+        print(status_text(_run_dir(args.dir)))
+    except (FileNotFoundError, ReportError) as exc:
+        _err(str(exc))
+        return EXIT_ERROR
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from harness.report import ReportError, write_report
+
+    try:
+        png, md = write_report(_run_dir(args.dir))
+    except (FileNotFoundError, ReportError) as exc:
+        _err(str(exc))
+        return EXIT_ERROR
+    print(md)
+    print(png)
+    return 0
+
+
+def cmd_verify_ledger(args: argparse.Namespace) -> int:
+    from harness.ledger import LEDGER_FILE, verify
+
+    path: Path = args.dir
+    target = path / LEDGER_FILE if path.is_dir() else path
+    if not target.exists():
+        _err(f"no ledger at {target}")
+        return EXIT_ERROR
+    result = verify(target)
+    if not result.ok:
+        print(f"FAILED: {target}: {result.bad}")
+        print(f"the {result.rows} rows before it verify (last good hash {result.last_hash})")
+        return EXIT_ERROR
+    print(f"ok: {target}: {result.rows} rows verify; last hash {result.last_hash}")
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from harness.report import ReportError, trial_logs_text
+
+    try:
+        sys.stdout.write(trial_logs_text(_run_dir(args.run_dir), args.trial))
+    except (FileNotFoundError, ReportError) as exc:
+        _err(str(exc))
+        return EXIT_ERROR
+    return 0

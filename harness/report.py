@@ -1,0 +1,392 @@
+"""What a researcher reads in the morning: the status line, progress.png, report.md, a trial's logs.
+
+Everything here reads a run folder and writes nothing but `progress.png` and `report.md`; the
+numbers come from the ledger (verified first: the report says so when it does not verify), the
+diffs and logs from the trial folders.
+
+progress.png follows the reference's analysis: val_bpb per trial in order, keeps highlighted,
+discards faint, the running best as a step line, plus the baseline's noise band. Trials without
+a score are marked as ticks along the bottom edge, and scores far above the baseline are clipped
+to the top edge (as triangles) so that one terrible candidate cannot flatten the plot.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.config import RunPaths, TrialPaths
+from harness.judge import JudgeSettings, JudgeState, replay
+from harness.ledger import Ledger, TrialRecord, VerifyResult, verify
+from sandbox import constants as C
+from sandbox.constants import Decision
+
+logger = logging.getLogger(__name__)
+
+RECENT = 10
+DESCRIPTION_WIDTH = 60
+
+
+class ReportError(Exception):
+    """The folder is not a run folder (no ledger)."""
+
+
+@dataclass(frozen=True)
+class RunView:
+    """A run folder as read for reporting."""
+
+    paths: RunPaths
+    meta: dict[str, Any]
+    records: list[TrialRecord]
+    check: VerifyResult
+    states: list[JudgeState]  # the judge's state after each record
+
+    @property
+    def state(self) -> JudgeState:
+        return self.states[-1] if self.states else JudgeState()
+
+
+def load_run(run_dir: Path) -> RunView:
+    paths = RunPaths(run_dir)
+    if not paths.ledger.exists():
+        raise ReportError(f"{run_dir} has no ledger.jsonl: not a run folder, or no trial has finished yet")
+    meta: dict[str, Any] = {}
+    if paths.run_json.exists():
+        meta = json.loads(paths.run_json.read_text(encoding="utf-8"))
+    check = verify(paths.ledger)
+    # Only the rows that verify: whatever follows an edited row cannot be vouched for.
+    records = Ledger(paths.ledger).records()[: check.rows] if check.ok else _verified(paths, check)
+    settings = JudgeSettings.model_validate(meta.get("judge", {}))
+    states = [replay((r.judged() for r in records[: i + 1]), settings) for i in range(len(records))]
+    return RunView(paths=paths, meta=meta, records=records, check=check, states=states)
+
+
+def _verified(paths: RunPaths, check: VerifyResult) -> list[TrialRecord]:
+    lines = paths.ledger.read_bytes().split(b"\n")[: check.rows]
+    return [TrialRecord.model_validate_json(line) for line in lines]
+
+
+def _val(value: float | None) -> str:
+    return f"{value:.6f}" if value is not None else "-"
+
+
+def _short(text: str, width: int = DESCRIPTION_WIDTH) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _owner(paths: RunPaths) -> str:
+    if not paths.owner.exists():
+        return "no controller is running"
+    try:
+        owner = json.loads(paths.owner.read_text(encoding="utf-8"))
+        host, pid = str(owner["worker"]).rsplit(":", 1)
+    except (ValueError, KeyError, json.JSONDecodeError):
+        return "a controller may be running (unreadable run.owner)"
+    if host == socket.gethostname():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return f"no controller is running (pid {pid} left run.owner behind: it was killed)"
+        except PermissionError:
+            pass
+    return f"a controller is running ({owner['worker']}, since {owner.get('since', '?')})"
+
+
+def headline(view: RunView) -> list[str]:
+    """The run's key numbers, a few lines."""
+    records, state = view.records, view.state
+    counts = Counter(r.decision for r in records)
+    statuses = Counter(r.status.value for r in records if r.decision is Decision.CRASH)
+    candidates = sum(1 for r in records if r.kind == "candidate")
+    lines = [
+        f"run {view.meta.get('run_tag', view.paths.root.name)} ({view.meta.get('profile', '?')} profile) "
+        f"in {view.paths.root}",
+        f"{len(records)} trials: {counts[Decision.BASELINE]} baseline, {candidates} candidates "
+        f"({counts[Decision.KEEP]} keep, {counts[Decision.DISCARD]} discard, {counts[Decision.CRASH]} crash"
+        + (f": {', '.join(f'{n} {s}' for s, n in sorted(statuses.items()))}" if statuses else "")
+        + ")",
+    ]
+    if state.noise is not None and state.best is not None:
+        gain = state.noise.mean - state.best.val_bpb
+        lines.append(
+            f"baseline {state.noise.mean:.6f} ± {state.noise.std:.6f} over {state.noise.n} runs; "
+            f"noise threshold {state.noise.threshold:.6f}"
+        )
+        lines.append(
+            f"best {state.best.val_bpb:.6f} ({state.best.trial_id}, {state.best.commit[:7]}): "
+            f"{gain:.6f} below the baseline ({-100 * gain / state.noise.mean:+.2f}%)"
+        )
+    elif records:
+        lines.append("the baseline is not complete yet")
+    verdict = (
+        "verifies"
+        if view.check.ok
+        else f"DOES NOT VERIFY: {view.check.bad}; only the {view.check.rows} rows before it are shown"
+    )
+    lines.append(f"ledger: {view.check.rows} rows, {verdict}; last hash {view.check.last_hash[:16]}")
+    return lines
+
+
+def status_text(run_dir: Path) -> str:
+    view = load_run(run_dir)
+    lines = [*headline(view), _owner(view.paths), "", f"last {min(RECENT, len(view.records))} trials:"]
+    for r in view.records[-RECENT:]:
+        lines.append(
+            f"  {r.trial_id}  {r.decision.value:8} {r.status.value:12} {_val(r.val_bpb):>9}  {_short(r.description)}"
+        )
+        if r.decision is not Decision.BASELINE:
+            lines.append(f"          {_short(r.reason, 100)}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- progress.png
+
+
+def plot_progress(view: RunView, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records, state = view.records, view.state
+    scored = [(i, r) for i, r in enumerate(records) if r.val_bpb is not None]
+    fig, ax = plt.subplots(figsize=(14, 6.5), dpi=110)
+    try:
+        values = [r.val_bpb for _, r in scored if r.val_bpb is not None]
+        if values:
+            lo = min(values)
+            ref = state.noise.mean if state.noise is not None else max(values)
+            span = max(ref - lo, 1e-3)
+            top = ref + 0.6 * span + (state.noise.threshold if state.noise else 0.0)
+            bottom = lo - 0.15 * span
+            ax.set_ylim(bottom, top)
+            ceiling = top - 0.02 * (top - bottom)  # where scores above the plot are drawn
+            groups: dict[Decision, dict[str, Any]] = {
+                Decision.DISCARD: dict(color="#9e9e9e", alpha=0.45, s=18, zorder=2, label="discard"),
+                Decision.BASELINE: dict(color="#1f77b4", alpha=0.9, s=30, zorder=3, label="baseline"),
+                Decision.KEEP: dict(
+                    color="#2ca02c",
+                    alpha=1.0,
+                    s=60,
+                    zorder=4,
+                    edgecolors="black",
+                    linewidths=0.6,
+                    label="keep",
+                ),
+            }
+            for decision, style in groups.items():
+                pts = [(i, r.val_bpb) for i, r in scored if r.decision is decision and r.val_bpb is not None]
+                inside = [(i, v) for i, v in pts if v < top]
+                above = [(i, ceiling) for i, v in pts if v >= top]
+                if inside:
+                    ax.scatter([i for i, _ in inside], [v for _, v in inside], **style)
+                if above:
+                    ax.scatter(
+                        [i for i, _ in above],
+                        [v for _, v in above],
+                        marker="^",
+                        color=style["color"],
+                        alpha=style["alpha"],
+                        s=20,
+                        zorder=2,
+                    )
+            crashes = [i for i, r in enumerate(records) if r.val_bpb is None]
+            if crashes:
+                ax.scatter(
+                    crashes,
+                    [bottom + 0.02 * (top - bottom)] * len(crashes),
+                    marker="|",
+                    color="#d62728",
+                    s=60,
+                    label="no score (crash, timeout, ...)",
+                    zorder=2,
+                )
+            steps = [(i, s.best.val_bpb) for i, s in enumerate(view.states) if s.best is not None]
+            if steps:
+                xs = [i for i, _ in steps] + [len(records) - 1]
+                ys = [v for _, v in steps] + [steps[-1][1]]
+                ax.step(xs, ys, where="post", color="#2ca02c", linewidth=1.6, label="running best", zorder=3)
+            if state.noise is not None:
+                ax.axhspan(
+                    state.noise.mean - state.noise.threshold,
+                    state.noise.mean + state.noise.threshold,
+                    color="#1f77b4",
+                    alpha=0.08,
+                    label="baseline ± noise threshold",
+                )
+            for i, r in scored:
+                if r.decision is Decision.KEEP and r.val_bpb is not None:
+                    ax.annotate(
+                        _short(r.description, 45),
+                        (i, r.val_bpb),
+                        textcoords="offset points",
+                        xytext=(4, -10),
+                        fontsize=7,
+                        rotation=-30,
+                        color="#1b5e20",
+                    )
+        kept = sum(1 for r in records if r.decision is Decision.KEEP)
+        ax.set_title(f"Autoresearch progress: {len(records)} trials, {kept} kept improvements")
+        ax.set_xlabel("trial")
+        ax.set_ylabel("val_bpb (lower is better)")
+        ax.grid(alpha=0.25)
+        if records:
+            ax.legend(loc="upper right", fontsize=8)
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------- report.md
+
+
+def render_markdown(view: RunView, *, image: str | None = "progress.png") -> str:
+    records = view.records
+    out = [f"# Autoresearch report: {view.meta.get('run_tag', view.paths.root.name)}", ""]
+    out += [f"- {line}" for line in headline(view)]
+    if view.meta:
+        out.append(
+            f"- started {view.meta.get('created_at', '?')} with agent {view.meta.get('agent', '?')} "
+            f"on the {view.meta.get('backend', '?')} backend"
+        )
+    usage = [r.agent.usage for r in records if r.agent is not None]
+    if usage:
+        out.append(
+            f"- agent usage: {sum(u.input_tokens for u in usage)} input / {sum(u.output_tokens for u in usage)} "
+            f"output tokens, {sum(u.api_calls for u in usage)} API calls, ${sum(u.cost_usd for u in usage):.2f}"
+        )
+    if records:
+        out.append(f"- from {records[0].started_at} to {records[-1].finished_at}")
+    if image:
+        out += ["", f"![progress]({image})"]
+
+    out += ["", "## Kept changes", ""]
+    keeps = [(i, r) for i, r in enumerate(records) if r.decision is Decision.KEEP]
+    if not keeps:
+        out.append("No candidate has been kept yet.")
+    else:
+        out += [
+            "| trial | val_bpb | Δ vs previous best | code lines | description |",
+            "|---|---|---|---|---|",
+        ]
+        for i, r in keeps:
+            before = view.states[i - 1].best if i > 0 else None
+            delta = f"{r.val_bpb - before.val_bpb:+.6f}" if before and r.val_bpb is not None else ""
+            out.append(
+                f"| {r.trial_id} | {_val(r.val_bpb)} | {delta} | {r.code_lines} | {_md(r.description)} |"
+            )
+        for _, r in keeps:
+            out += ["", f"### {r.trial_id}: {_md(r.description)}", "", f"{r.reason}", ""]
+            diff_path = view.paths.trial(r.trial_id).diff
+            diff = diff_path.read_text(encoding="utf-8") if diff_path.exists() else "(diff missing)"
+            out += ["```diff", diff.rstrip("\n"), "```"]
+
+    out += ["", "## All trials", "", "| trial | decision | status | val_bpb | description | reason |"]
+    out.append("|---|---|---|---|---|---|")
+    for r in records:
+        out.append(
+            f"| {r.trial_id} | {r.decision.value} | {r.status.value} | {_val(r.val_bpb)} | "
+            f"{_md(_short(r.description))} | {_md(_short(r.reason, 120))} |"
+        )
+    failures = Counter(
+        f"{r.status.value}: {_short(r.reason, 100)}" for r in records if r.decision is Decision.CRASH
+    )
+    if failures:
+        out += ["", "## Most frequent failures", ""]
+        out += [f"- {n}× {_md(what)}" for what, n in failures.most_common(10)]
+    return "\n".join(out) + "\n"
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def write_report(run_dir: Path) -> tuple[Path, Path]:
+    """Write progress.png and report.md into the run folder; returns their paths."""
+    view = load_run(run_dir)
+    png = plot_progress(view, view.paths.progress_png)
+    md = view.paths.report_md
+    md.write_text(render_markdown(view, image=png.name), encoding="utf-8")
+    return png, md
+
+
+# --------------------------------------------------------------------------- logs of one trial
+
+
+def _find_trial(paths: RunPaths, trial_id: str) -> TrialPaths:
+    direct = paths.trial(trial_id)
+    if direct.dir.is_dir():
+        return direct
+    if paths.trials.is_dir():
+        for folder in sorted(paths.trials.glob(f"{trial_id}.abandoned*")):
+            return TrialPaths(folder)
+    raise ReportError(f"no trial {trial_id} under {paths.trials}")
+
+
+def _section(title: str, body: str) -> list[str]:
+    return ["", f"===== {title} " + "=" * max(0, 70 - len(title)), body.rstrip("\n")]
+
+
+def _read(path: Path) -> str:
+    return path.read_text(encoding="utf-8", errors="replace")
+
+
+def trial_logs_text(run_dir: Path, trial_id: str) -> str:
+    """Everything about one trial: its ledger row, and per run the limits, exits, report and logs."""
+    paths = RunPaths(run_dir)
+    tp = _find_trial(paths, trial_id)
+    out = [f"trial {trial_id} in {tp.dir}"]
+    record = next((r for r in Ledger(paths.ledger).records() if r.trial_id == trial_id), None)
+    if record is None:
+        out.append("no ledger row: the trial never finished (interrupted or abandoned)")
+    else:
+        out.append(
+            f"{record.decision.value} ({record.status.value}) val_bpb {_val(record.val_bpb)}"
+            f" claimed {_val(record.claimed_val_bpb)}: {record.reason}"
+        )
+        out.append(f"description: {record.description}")
+        out.append(f"commit {record.candidate_commit} (parent {record.parent_commit})")
+    if tp.diff.exists():
+        out += _section("diff to parent", _read(tp.diff))
+    runs = [tp.dir, tp.confirm_dir]
+    if tp.interrupted_dir.is_dir():
+        runs += sorted(p for p in tp.interrupted_dir.iterdir() if p.is_dir())
+    for folder in runs:
+        if not folder.is_dir():
+            continue
+        label = folder.relative_to(tp.dir).as_posix() if folder != tp.dir else "run 0"
+        verdict_path = folder / C.VERDICT_FILE
+        if verdict_path.exists():
+            verdict = json.loads(_read(verdict_path))
+            limits = verdict.get("limits", {})
+            out += _section(
+                f"{label}: verdict",
+                f"status {verdict.get('status')}: {verdict.get('reason')}\n"
+                f"val_bpb {verdict.get('val_bpb')} (claimed {verdict.get('claimed_val_bpb')}), "
+                f"seed {verdict.get('seed')}, backend {verdict.get('backend')}, gpus {verdict.get('gpu_ids')}\n"
+                f"peak memory {verdict.get('peak_memory_gb')} GB, timings {verdict.get('timings')}\n"
+                f"limits {json.dumps(limits, sort_keys=True)}",
+            )
+        for name, title in (
+            (C.TRAIN_STATE_FILE, "TRAIN container exit"),
+            (C.EVAL_STATE_FILE, "EVAL container exit"),
+            (C.REPORT_FILE, "evaluator report"),
+            (C.TRAIN_LOG_FILE, "TRAIN log (untrusted candidate output)"),
+            (C.EVAL_LOG_FILE, "EVAL log"),
+            (C.SANDBOX_LOG_FILE, "sandbox steps"),
+        ):
+            path = folder / name
+            if path.exists():
+                out += _section(f"{label}: {title}", _read(path))
+    if tp.controller_log.exists():
+        out += _section("controller", _read(tp.controller_log))
+    return "\n".join(out) + "\n"

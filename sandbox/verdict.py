@@ -1,0 +1,187 @@
+"""What goes into a trial and what comes out of it, plus the sandbox's error hierarchy.
+
+Statuses are values, infrastructure failures are exceptions: `classify` turns what the engine saw of
+the TRAIN container, and the evaluator's report, into exactly one `Status`; anything that is not the
+candidate's doing (engine down, image missing, evaluator unable to start) is a `SandboxError` and
+never becomes a verdict. Both backends share `classify`, so they cannot disagree on what a given
+outcome means.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sandbox.constants import Status
+from sandbox.limits import Limits
+
+# --------------------------------------------------------------------------- errors
+
+
+class SandboxError(Exception):
+    """The sandbox could not run the trial. Never the candidate's fault; never written as a verdict."""
+
+
+class EngineUnavailable(SandboxError):
+    """The container engine cannot be reached."""
+
+
+class ImageMissing(SandboxError):
+    """A required image is not built."""
+
+
+class DataMissing(SandboxError):
+    """The profile's data folder is not prepared (`make data`)."""
+
+
+class EvaluatorFailed(SandboxError):
+    """The trusted evaluator could not run (its own error, exit code 2), not a judgement on the artifact."""
+
+
+# --------------------------------------------------------------------------- models
+
+
+class TrialSpec(BaseModel):
+    """One candidate to run: everything the backend needs, nothing it may guess."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    trial_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    candidate: Path
+    trial_dir: Path
+    profile: str = Field(pattern=r"^(tiny|gpu)$")
+    limits: Limits
+    seed: int = 0
+    gpu_ids: tuple[str, ...] = ()
+
+
+class TrainOutcome(BaseModel):
+    """What the controller observed of the TRAIN container, engine-neutral."""
+
+    model_config = ConfigDict(frozen=True)
+
+    exit_code: int | None  # None: never exited on its own (killed by the controller)
+    oom_killed: bool = False
+    sigterm_sent: bool = False  # the budget ran out and the controller sent SIGTERM
+    sigkilled: bool = False  # the grace ran out too and the controller sent SIGKILL
+    output_full: bool = False  # the output channel reached its cap
+    artifact_present: bool = False
+    wall_s: float = 0.0
+
+
+class EvalOutcome(BaseModel):
+    """What the controller observed of the EVAL step, engine-neutral."""
+
+    model_config = ConfigDict(frozen=True)
+
+    exit_code: int | None  # None: killed by the controller at the eval time limit
+    oom_killed: bool = False
+    timed_out: bool = False
+    report: dict[str, Any] | None = None  # the parsed report, when one was written and readable
+    report_error: str = ""  # why a report that was expected could not be read
+    wall_s: float = 0.0
+
+
+class Verdict(BaseModel):
+    """The result of one trial. `val_bpb` is set only when `status` is ok, and only from the evaluator."""
+
+    model_config = ConfigDict(frozen=True)
+
+    trial_id: str
+    status: Status
+    val_bpb: float | None = None
+    reason: str = ""
+    claimed_val_bpb: float | None = None
+    timings: dict[str, float] = Field(default_factory=dict)
+    peak_memory_gb: float | None = None
+    images: dict[str, str] = Field(default_factory=dict)
+    logs: dict[str, str] = Field(default_factory=dict)
+    report: dict[str, Any] | None = None
+    limits: dict[str, Any] = Field(default_factory=dict)
+    gpu_ids: list[str] = Field(default_factory=list)
+    seed: int = 0
+    backend: str = ""
+
+
+# --------------------------------------------------------------------------- classification
+
+SIGXFSZ_EXIT = 128 + 25  # a write past RLIMIT_FSIZE kills the writer with SIGXFSZ
+SIGTERM_EXIT = 128 + 15  # the default action of the controller's SIGTERM (docker-init forwards it)
+EVALUATOR_ERROR_EXIT = 2  # the evaluator's own failure (sandbox/evaluate.py's contract)
+
+
+def classify_train(outcome: TrainOutcome) -> tuple[Status, str] | None:
+    """The TRAIN container's own verdict, or None when its artifact should go to the evaluator."""
+    if outcome.oom_killed:
+        return Status.OOM, "TRAIN exceeded its memory limit (the engine reported OOMKilled)"
+    if outcome.output_full or outcome.exit_code == SIGXFSZ_EXIT:
+        return Status.OUTPUT_LIMIT, "TRAIN filled its output channel to the cap"
+    if outcome.sigkilled:
+        return Status.TIMEOUT, "TRAIN was still running a grace after the budget's SIGTERM and was killed"
+    if outcome.sigterm_sent and outcome.exit_code == SIGTERM_EXIT:
+        return Status.TIMEOUT, "TRAIN ran past the time budget and died of the controller's SIGTERM"
+    if outcome.exit_code != 0:
+        after = " after SIGTERM" if outcome.sigterm_sent else ""
+        return Status.CRASH, f"train.py exited with code {outcome.exit_code}{after}"
+    if not outcome.artifact_present:
+        return Status.CRASH, "train.py exited 0 but wrote no model.pt2"
+    return None
+
+
+def classify_report(report: dict[str, Any]) -> tuple[Status, float | None, str]:
+    """Read the evaluator's report; anything but a well-formed ok report is a rejection."""
+    status = report.get("status")
+    reason = str(report.get("reason") or "")
+    if status == Status.OK.value:
+        val = report.get("val_bpb")
+        if isinstance(val, int | float) and not isinstance(val, bool) and math.isfinite(val) and val > 0:
+            return Status.OK, float(val), reason
+        return Status.REJECTED, None, f"evaluator report has status ok but an invalid val_bpb: {val!r}"
+    if status == Status.REJECTED.value:
+        return Status.REJECTED, None, reason or "rejected by the evaluator"
+    return Status.REJECTED, None, f"evaluator report has an unknown status: {status!r}"
+
+
+def classify_eval(outcome: EvalOutcome) -> tuple[Status, float | None, str]:
+    """The verdict on an artifact from the EVAL step; raises `EvaluatorFailed` when it is the evaluator's fault.
+
+    An artifact that makes the evaluator run out of memory or time, or die without a report, is
+    rejected: the evaluator is trusted, so what breaks it is the artifact. Exit code 2 is the
+    evaluator reporting its own failure, and exit 0 without a readable report breaks its contract:
+    both are infrastructure.
+    """
+    if outcome.oom_killed:
+        return Status.REJECTED, None, "evaluating the artifact exceeded the evaluator's memory limit"
+    if outcome.timed_out:
+        return (
+            Status.REJECTED,
+            None,
+            f"evaluating the artifact ran past the time limit ({outcome.wall_s:.0f} s)",
+        )
+    if outcome.exit_code == EVALUATOR_ERROR_EXIT:
+        raise EvaluatorFailed(
+            f"the evaluator failed on its own (exit code 2); see its log. {outcome.report_error}"
+        )
+    if outcome.exit_code == 0:
+        if outcome.report is None:
+            raise EvaluatorFailed(f"the evaluator exited 0 without a readable report: {outcome.report_error}")
+        return classify_report(outcome.report)
+    return Status.REJECTED, None, f"the evaluator died with exit code {outcome.exit_code} on this artifact"
+
+
+_CLAIM = re.compile(r"^\s*val_bpb\s*[:=]\s*([-+0-9.eEinfaINFA]+)\s*$", re.MULTILINE)
+
+
+def claimed_val_bpb(log_text: str) -> float | None:
+    """The last val_bpb the candidate printed, kept for the audit only: it never decides anything."""
+    matches = _CLAIM.findall(log_text)
+    if not matches:
+        return None
+    try:
+        return float(matches[-1])
+    except ValueError:
+        return None

@@ -1,0 +1,125 @@
+"""Shared fixtures.
+
+`tiny_data` prepares the tiny profile once per test session into a temporary folder (about two
+seconds), so every test that needs tokenized data shares it instead of rebuilding it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
+
+import pytest
+
+if TYPE_CHECKING:
+    import docker
+
+    from sandbox.docker_backend import DockerSandbox
+    from sandbox.preflight import PreflightResult
+    from sandbox.verdict import TrialSpec
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A prepared tiny-profile data folder (train/, val/, tokenizer/, manifest.json). Treat as read-only."""
+    import prepare
+
+    return prepare.prepare("tiny", tmp_path_factory.mktemp("tiny_data"))
+
+
+# --------------------------------------------------------------------------- sandbox (trial) fixtures
+
+CANDIDATES = Path(__file__).parent / "candidates"
+
+
+def engine_unusable(reason: str) -> NoReturn:
+    """Skip a docker test locally, but FAIL it in CI: CI starts the engine and builds the images."""
+    import os
+
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI must run the docker tests for real)", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> docker.DockerClient:
+    """A client for a reachable Docker engine (skips locally without one, fails in CI)."""
+    from sandbox.docker_backend import connect
+    from sandbox.verdict import SandboxError
+
+    try:
+        return connect()
+    except SandboxError as exc:
+        engine_unusable(f"no Docker engine: {exc}")
+
+
+@pytest.fixture(scope="session")
+def trainer_image(docker_client: docker.DockerClient) -> str:
+    """The trainer image's ID (skips locally when it is not built, fails in CI)."""
+    from sandbox.docker_backend import resolve_image
+    from sandbox.verdict import ImageMissing
+
+    try:
+        return resolve_image(docker_client)
+    except ImageMissing as exc:
+        engine_unusable(str(exc))
+
+
+@pytest.fixture(scope="session")
+def docker_sandbox(docker_client: docker.DockerClient, trainer_image: str, tiny_data: Path) -> DockerSandbox:
+    """A DockerSandbox on the tiny test data; reaps orphans once, at creation."""
+    from sandbox.docker_backend import DockerSandbox
+
+    return DockerSandbox(client=docker_client, data_dir=tiny_data)
+
+
+@pytest.fixture
+def make_spec(tmp_path: Path) -> Callable[..., TrialSpec]:
+    """Build a TrialSpec for a candidate (a name in tests/candidates/ or a path), with short limits.
+
+    Keyword arguments override the test limits (a 3 s budget, 1 s grace, 512 MiB, 16 MiB output).
+    """
+    import uuid
+
+    from sandbox.limits import Limits
+    from sandbox.verdict import TrialSpec
+
+    def build(candidate: str | Path, *, profile: str = "tiny", seed: int = 0, **limits: object) -> TrialSpec:
+        path = candidate if isinstance(candidate, Path) else CANDIDATES / f"{candidate}.py"
+        trial_id = f"test-{path.stem.replace('_', '-')}-{uuid.uuid4().hex[:6]}"
+        base: dict[str, object] = {
+            "time_budget_s": 3,
+            "kill_grace_s": 1,
+            "mem_limit_mb": 512,
+            "eval_mem_limit_mb": 2048,
+            "output_limit_mb": 16,
+            "eval_timeout_s": 180,
+        }
+        return TrialSpec(
+            trial_id=trial_id,
+            candidate=path,
+            trial_dir=tmp_path / trial_id,
+            profile=profile,
+            limits=Limits.model_validate(base | limits),
+            seed=seed,
+        )
+
+    return build
+
+
+# --------------------------------------------------------------------------- preflight (isolation) fixtures
+
+
+@pytest.fixture(scope="session")
+def preflight_result(
+    docker_client: docker.DockerClient, trainer_image: str, tiny_data: Path
+) -> PreflightResult:
+    """One preflight run under runc with the tiny production limits, shared by the
+    tests/test_isolation_*.py files, each of which asserts on the observations of its own property
+    (test_isolation_preflight_passes_under_runsc.py runs it again under gVisor)."""
+    from sandbox.limits import Limits
+    from sandbox.preflight import run_preflight
+
+    limits = Limits.for_profile("tiny", runtime="runc")
+    return run_preflight(docker_client, limits, tiny_data, profile="tiny", image=trainer_image)

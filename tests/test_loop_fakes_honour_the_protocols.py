@@ -1,0 +1,182 @@
+"""The loop's test doubles honour the Sandbox and Agent protocols, and the fake sandbox's verdicts
+follow the real backends' rules (val_bpb only with status ok, verdict.json in the trial folder).
+
+The other loop tests import `FakeSandbox`, `run_config`, `with_score` and friends from here, so a
+fake that drifted from the contract would make every loop test meaningless; this file pins it.
+
+The fake sandbox reads the candidate's `SCORE = <float>` and `OUTCOME = "<status>"` lines: the
+candidate text alone decides the verdict, plus a deterministic per-seed jitter of `noise`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from harness.agents.base import Agent, AgentContext, Proposal
+from harness.agents.fake import ScriptedAgent
+from harness.config import RetrySettings, RunConfig
+from harness.judge import JudgeSettings
+from sandbox import trialdir
+from sandbox.backend import Sandbox
+from sandbox.constants import TRAIN_LOG_FILE, VERDICT_FILE, Status
+from sandbox.limits import Limits
+from sandbox.verdict import SandboxError, TrialSpec, Verdict
+
+START = '''"""A stand-in train.py for the loop's tests: the fake sandbox reads SCORE and OUTCOME."""
+
+SCORE = 1.000000  # the val_bpb the fake sandbox reports
+OUTCOME = "ok"  # the status the fake sandbox reports
+PAD_1 = 1
+PAD_2 = 2
+PAD_3 = 3
+'''
+
+PROGRAM = "Make val_bpb lower. Edit only train.py.\n"
+
+_SCORE = re.compile(r"^SCORE = ([0-9.]+)", re.MULTILINE)
+_OUTCOME = re.compile(r'^OUTCOME = "(\w+)"', re.MULTILINE)
+PEAK_BYTES = 123_456_789
+
+
+def jitter(seed: int) -> float:
+    """A deterministic value in [-1, 1) per seed."""
+    return ((seed * 2654435761) % 2**32) / 2**31 - 1.0
+
+
+class FakeSandbox:
+    """A Sandbox whose verdict is written in the candidate. Records every spec it was given."""
+
+    name = "fake"
+
+    def __init__(
+        self,
+        *,
+        noise: float = 0.0,
+        infra_failures: int = 0,
+        on_run: Callable[[TrialSpec], None] | None = None,
+    ) -> None:
+        self.noise = noise
+        self.infra_failures = infra_failures  # the next N calls raise SandboxError
+        self.on_run = on_run
+        self.calls: list[TrialSpec] = []
+
+    def run_trial(self, spec: TrialSpec) -> Verdict:
+        self.calls.append(spec)
+        if self.on_run is not None:
+            self.on_run(spec)
+        if self.infra_failures > 0:
+            self.infra_failures -= 1
+            raise SandboxError("the fake engine hiccupped")
+        text = spec.candidate.read_text(encoding="utf-8")
+        score_match, outcome_match = _SCORE.search(text), _OUTCOME.search(text)
+        status = Status(outcome_match.group(1)) if outcome_match else Status.OK
+        score = float(score_match.group(1)) if score_match else 1.0
+        score += self.noise * jitter(spec.seed)
+        spec.trial_dir.mkdir(parents=True, exist_ok=True)
+        log = f"step 00001 loss 3.2\nval_bpb: {score / 2:.6f}\n".encode()  # a forged claim, never trusted
+        (spec.trial_dir / TRAIN_LOG_FILE).write_bytes(log)
+        ok = status is Status.OK
+        return trialdir.finish(
+            spec,
+            backend=self.name,
+            status=status,
+            val_bpb=score if ok else None,
+            reason="scored" if ok else f"the candidate asked for {status.value}",
+            train_log=log,
+            timings={"total_s": 0.01},
+            peak_memory_bytes=PEAK_BYTES,
+            images={"trainer": "sha256:" + "f" * 64},
+            logs={"train": spec.trial_dir / TRAIN_LOG_FILE},
+            report={"status": "ok", "val_bpb": score, "artifact_sha256": "a" * 64} if ok else None,
+        )
+
+
+def with_score(text: str, score: float) -> str:
+    return _SCORE.sub(f"SCORE = {score:.6f}", text)
+
+
+def with_outcome(text: str, outcome: str) -> str:
+    return _OUTCOME.sub(f'OUTCOME = "{outcome}"', text)
+
+
+def without_line(text: str, prefix: str) -> str:
+    return "".join(line for line in text.splitlines(keepends=True) if not line.startswith(prefix))
+
+
+def edit(fn: Callable[[str], str], description: str) -> Callable[[AgentContext], Proposal]:
+    """An agent step that edits the current best train.py."""
+    return lambda ctx: Proposal(train_py=fn(ctx.train_py), description=description)
+
+
+def run_config(tmp_path: Path, **overrides: Any) -> RunConfig:
+    """A RunConfig for a fresh run folder under tmp_path, with program.md and train.py written."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    program, train_py = tmp_path / "program.md", tmp_path / "train.py"
+    if not program.exists():
+        program.write_text(PROGRAM, encoding="utf-8")
+    if not train_py.exists():
+        train_py.write_text(START, encoding="utf-8")
+    values: dict[str, Any] = {
+        "run_dir": tmp_path / "run",
+        "run_tag": "test",
+        "profile": "tiny",
+        "agent": "scripted",
+        "backend": "fake",
+        "program": program,
+        "train_py": train_py,
+        "limits": Limits(time_budget_s=5, kill_grace_s=1, mem_limit_mb=512, output_limit_mb=64),
+        "judge": JudgeSettings(baseline_repeats=2, noise_k=2.0, min_delta=0.001, confirm_keeps=True),
+        "retries": RetrySettings(sandbox_backoff_s=1.0, agent_backoff_s=1.0),
+        "max_trials": None,
+    }
+    values.update(overrides)
+    return RunConfig(**values)
+
+
+class Sleeps:
+    """A fake `sleep` that records the waits instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+def test_fakes_satisfy_the_protocols() -> None:
+    assert isinstance(FakeSandbox(), Sandbox)
+    assert isinstance(ScriptedAgent(), Agent)
+
+
+def test_fake_sandbox_scores_only_ok_candidates(tmp_path: Path) -> None:
+    limits = Limits(time_budget_s=5, kill_grace_s=1, mem_limit_mb=512, output_limit_mb=64)
+    sandbox = FakeSandbox(noise=0.01)
+    verdicts = {}
+    for name, text in {"good": with_score(START, 0.9), "slow": with_outcome(START, "timeout")}.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "train.py").write_text(text, encoding="utf-8")
+        spec = TrialSpec(
+            trial_id=name,
+            candidate=folder / "train.py",
+            trial_dir=folder,
+            profile="tiny",
+            limits=limits,
+            seed=7,
+        )
+        verdicts[name] = sandbox.run_trial(spec)
+        assert (folder / VERDICT_FILE).is_file()
+    assert verdicts["good"].status is Status.OK
+    assert verdicts["good"].val_bpb == 0.9 + 0.01 * jitter(7)
+    assert verdicts["good"].claimed_val_bpb is not None and verdicts["good"].claimed_val_bpb < 0.5
+    assert verdicts["slow"].status is Status.TIMEOUT and verdicts["slow"].val_bpb is None
+
+
+def test_jitter_is_deterministic_and_bounded() -> None:
+    values = [jitter(seed) for seed in range(1000)]
+    assert all(-1.0 <= v < 1.0 for v in values)
+    assert values == [jitter(seed) for seed in range(1000)]
+    assert len(set(values)) > 900  # different seeds, different noise

@@ -1,0 +1,107 @@
+"""The tiny corpus is the same bytes on every machine, pinned by SHA-256, and worth learning.
+
+Scores from two machines (or two Python versions) are only comparable if the data is identical. The
+corpus is generated, so these tests pin its SHA-256, check the PRNG against the published splitmix64
+test vector, rerun the generator in a fresh interpreter with a different hash seed, and make sure
+prepare() refuses a generator whose output drifted from the pin. They also check that the text has
+the structure a model can learn beyond unigram statistics: size, vocabulary, varied document lengths,
+and facts (a town's founding year, a person's age) that never contradict each other.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import prepare
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def docs() -> list[str]:
+    return prepare.generate_corpus()
+
+
+def test_splitmix64_matches_the_reference_test_vector() -> None:
+    # Vigna's splitmix64.c, seed 1234567: the first five outputs.
+    rng = prepare.SplitMix64(1234567)
+    assert [rng.next_u64() for _ in range(5)] == [
+        6457827717110365317,
+        3203168211198807973,
+        9817491932198370423,
+        4593380528125082431,
+        16408922859458223821,
+    ]
+
+
+def test_generated_corpus_matches_the_pinned_sha256(docs: list[str]) -> None:
+    assert prepare.corpus_sha256(docs) == prepare.CORPUS_SHA256
+
+
+def test_generation_is_deterministic_across_interpreters() -> None:
+    code = "import prepare; print(prepare.corpus_sha256(prepare.generate_corpus()))"
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == prepare.CORPUS_SHA256
+
+
+def test_prepare_refuses_a_corpus_that_drifted_from_the_pin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(prepare, "CORPUS_SHA256", "0" * 64)
+    with pytest.raises(prepare.DataIntegrityError, match="pinned"):
+        prepare.prepare("tiny", tmp_path)
+    assert not (tmp_path / "manifest.json").exists()
+
+
+def test_corpus_is_large_varied_and_natural_language_like(docs: list[str]) -> None:
+    total = sum(len(d.encode("utf-8")) for d in docs)
+    assert 2_000_000 <= total <= 4_000_000
+    assert all(prepare.CORPUS_DOC_SEPARATOR not in d for d in docs)
+    assert len(set(docs)) == len(docs)
+    lengths = sorted(len(d) for d in docs)
+    assert lengths[-1] > 10 * lengths[0]
+    assert sum(n > 2_500 for n in lengths) >= 50  # a tail of long documents, longer than a tiny row
+    words = collections.Counter(re.findall(r"[A-Za-z]+", " ".join(docs)))
+    assert len(words) > 400
+    # Zipf-like: the most frequent words are function words, and they are far more frequent than most.
+    top = {w for w, _ in words.most_common(10)}
+    assert {"the", "and"} <= top
+    text = "\n".join(docs)
+    for mark in (". ", ", ", '"', "?", "\n\n", "Q: "):
+        assert mark in text
+
+
+def test_facts_about_towns_and_people_never_contradict(docs: list[str]) -> None:
+    text = "\n".join(docs)
+    founded: dict[str, set[str]] = collections.defaultdict(set)
+    for town, year in re.findall(
+        r"\b(?!It\b)([A-Z][a-z]+(?: [A-Z][a-z]+)?),? (?:was )?founded in (\d{4})", text
+    ):
+        founded[town].add(year)
+    ages: dict[str, set[str]] = collections.defaultdict(set)
+    for person, age in re.findall(r"([A-Z][a-z]+ [A-Z][a-z]+) is (\d+) years old", text):
+        ages[person].add(age)
+    assert len(founded) >= 10
+    assert len(ages) >= 30
+    assert all(len(years) == 1 for years in founded.values()), founded
+    assert all(len(a) == 1 for a in ages.values())
+
+
+def test_verbs_agree_with_their_subjects(docs: list[str]) -> None:
+    text = "\n".join(docs)
+    # "There is/are": the verb agrees with the noun phrase that follows it.
+    for verb, det in re.findall(r"[Tt]here (is|are) (\w+)", text):
+        assert (verb == "is") == (det in ("a", "an")), (verb, det)
+    # "each of the Xs" is singular, "most of the Xs" plural.
+    assert not re.search(r"Each of the \w+ (are|have)\b", text)
+    assert not re.search(r"Most of the \w+ (is|has)\b", text)
