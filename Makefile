@@ -92,7 +92,9 @@ smoke: install engine images data
 preflight: install engine images
 	$(PY) -m harness preflight
 
-run: install engine images data
+# No `data` prerequisite: the run prepares (or verifies) the data of the profile it resolves to,
+# which make cannot know in advance (gpu where a GPU is visible, else tiny).
+run: install engine images
 	$(PY) -m harness run $(RUN_ARGS)
 
 lint: install

@@ -167,6 +167,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_ERROR
     if settings.backend == "local":
         logger.warning("the local backend isolates nothing; never run an untrusted agent's train.py with it")
+    try:
+        _ensure_data(profile.value, settings.data_dir)
+    except OSError as exc:  # prepare's own errors (download, integrity) are OSError or PrepareError
+        _err(f"preparing the {profile.value} data failed: {exc}; see `python prepare.py --help`")
+        return EXIT_DATA
 
     try:
         agent = make_agent(agent_choice.value, agent_settings)
@@ -242,6 +247,20 @@ def _recorded_run_tag(run_dir: Path) -> str | None:
     except (OSError, ValueError):
         return None
     return tag if isinstance(tag, str) else None
+
+
+def _ensure_data(profile: str, data_dir: Path | None) -> None:
+    """Prepare (or just verify: prepare is idempotent) the data of the profile this run resolved to.
+
+    `make run` cannot know in advance which profile `auto` resolves to, so the run prepares it.
+    """
+    import prepare
+
+    try:
+        root = prepare.prepare(profile, data_dir)
+    except prepare.PrepareError as exc:
+        raise OSError(str(exc)) from exc
+    logger.info("data for profile %s ready in %s", profile, root)
 
 
 def _make_sandbox(backend: str, data_dir: Path | None) -> Any:

@@ -37,6 +37,7 @@ CONTAINER_GID: Final = 65532
 # The artifact contract.
 ARTIFACT_FILE: Final = "model.pt2"
 REPORT_FILE: Final = "report.json"
+EVALUATOR_ERROR_EXIT: Final = 2  # the evaluator could not run (its own failure, no report written)
 
 # Files in a trial folder.
 TRAIN_LOG_FILE: Final = "train.log"

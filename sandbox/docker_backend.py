@@ -140,7 +140,7 @@ class DockerSandbox:
         with trialdir.trial_log(trial_dir / C.SANDBOX_LOG_FILE):
             data_dir = trialdir.resolve_data_dir(self.data_dir, spec.profile)
             candidate = trialdir.stage_candidate(spec.candidate, trial_dir)
-            trial = _DockerTrial(self.client, self.image_id, spec, trial_dir, data_dir, candidate)
+            trial = DockerTrial(self.client, self.image_id, spec, trial_dir, data_dir, candidate)
             logger.info(
                 "trial %s: image %s, data %s, limits %s", spec.trial_id, self.image_id, data_dir, spec.limits
             )
@@ -179,7 +179,7 @@ class _Exit:
 
 
 @dataclass
-class _DockerTrial:
+class DockerTrial:
     """The state of one trial on the engine: what it created (for cleanup) and what it observed."""
 
     client: docker.DockerClient
@@ -202,12 +202,12 @@ class _DockerTrial:
         limits = self.spec.limits
         t0 = time.monotonic()
         with self._step("volumes"):
-            out = self._volume("out", limits.output_limit_mb, OUTPUT_MAX_INODES)
-            report_vol = self._volume("report", limits.report_limit_mb, REPORT_MAX_INODES)
+            out = self.volume("out", limits.output_limit_mb, OUTPUT_MAX_INODES)
+            report_vol = self.volume("report", limits.report_limit_mb, REPORT_MAX_INODES)
         with self._step("holder"):
             holder = self._holder(out, report_vol)
         with self._step("train_create"):
-            train = self._create("train", self._train_config(out))
+            train = self._create("train", self.train_config(out))
         self.timings["setup_s"] = time.monotonic() - t0
 
         with engine_errors("running TRAIN"):
@@ -332,13 +332,13 @@ class _DockerTrial:
 
     # ------------------------------------------------------------------ engine objects
 
-    def _name(self, role: str) -> str:
+    def container_name(self, role: str) -> str:
         return f"ar-{self.spec.trial_id}-{self.nonce}-{role}"
 
-    def _volume(self, role: str, size_mb: int, inodes: int) -> Volume:
+    def volume(self, role: str, size_mb: int, inodes: int) -> Volume:
         opts = f"size={size_mb}m,nr_inodes={inodes},uid={self.spec.limits.uid},gid={self.spec.limits.gid},mode=0700"
         volume: Volume = infra_retry(self.client.volumes.create)(
-            name=self._name(role),
+            name=self.container_name(role),
             driver="local",
             driver_opts={"type": "tmpfs", "device": "tmpfs", "o": f"{opts},noexec,nosuid,nodev"},
             labels=reaper.sandbox_labels(self.spec.trial_id, role),
@@ -349,7 +349,7 @@ class _DockerTrial:
     def _create(self, role: str, config: dict[str, Any]) -> Container:
         container: Container = infra_retry(self.client.containers.create)(
             image=self.image_id,
-            name=self._name(role),
+            name=self.container_name(role),
             labels=reaper.sandbox_labels(self.spec.trial_id, role),
             **config,
         )
@@ -396,7 +396,7 @@ class _DockerTrial:
     def _data(self, name: str) -> Mount:
         return Mount(f"{C.CONTAINER_DATA}/{name}", str(self.data_dir / name), "bind", read_only=True)
 
-    def _train_config(self, out: Volume) -> dict[str, Any]:
+    def train_config(self, out: Volume) -> dict[str, Any]:
         limits = self.spec.limits
         config = limits.common_docker_kwargs(mem_limit_mb=limits.mem_limit_mb)
         config |= {

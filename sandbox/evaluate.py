@@ -40,11 +40,10 @@ import torch
 
 import prepare
 from sandbox import artifact, probes
-from sandbox.constants import TOKENIZER_DIRNAME, VAL_DIRNAME, Status
+from sandbox.constants import EVALUATOR_ERROR_EXIT, TOKENIZER_DIRNAME, VAL_DIRNAME, Status
 
 log = logging.getLogger(__name__)
 
-EVALUATOR_ERROR_EXIT = 2
 EVALUATOR_SOURCES = ("evaluate.py", "artifact.py", "probes.py", "constants.py")
 # Exceptions torch raises while running a graph: bad shapes, bad indices, out of memory, failed asserts.
 GRAPH_ERRORS = (RuntimeError, ValueError, IndexError, TypeError, AssertionError, ArithmeticError)

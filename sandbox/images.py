@@ -434,16 +434,14 @@ def build_wheelhouse(wheelhouse: Path, variant: TorchVariant, *, refresh: bool =
         wheelhouse / CONTROLLER_DIR,
         CONTROLLER_LOCK,
         controller,
-        f"{header}\nthe controller image, on top of the trainer image",
+        f"{header}\nthe controller image, on top of the trainer runtime (--no-deps)",
     )
     keep = {w.filename for w in (*trainer, *controller)}
     for stale in sorted(p for p in pool.glob("*.whl") if p.name not in keep):
         logger.info("removing %s from the wheelhouse (no longer pinned)", stale.name)
         stale.unlink()
-    for legacy in [
-        *wheelhouse.glob("*.whl"),
-        *wheelhouse.glob("*.lock"),
-    ]:  # the flat layout of earlier builds
+    # Wheels and locks at the top level are the flat layout of earlier builds.
+    for legacy in [*wheelhouse.glob("*.whl"), *wheelhouse.glob("*.lock")]:
         legacy.unlink()
     stamp = {"key": _stamp_key(variant), "variant": variant.value, "files": files}
     (wheelhouse / STAMP_FILE).write_text(json.dumps(stamp, indent=1) + "\n")
@@ -532,10 +530,17 @@ def _prune_rootfs(root: Path) -> None:
         "usr/share/locale/*",
     ):
         for path in root.glob(pattern):
-            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+            _remove(path)
     for path in root.glob("usr/share/doc/*/*"):
         if path.name != "copyright":  # licences stay
-            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+            _remove(path)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
 
 
 def bootstrap_base_image(client: docker.DockerClient, *, workdir: Path | None = None) -> str:
@@ -580,7 +585,14 @@ def bootstrap_base_image(client: docker.DockerClient, *, workdir: Path | None = 
             )
         logger.info("debootstrap done in %.1f s; pruning and importing", time.monotonic() - started)
         _prune_rootfs(rootfs)
-        subprocess.run(["tar", "--numeric-owner", "-C", str(rootfs), "-cf", str(tarball), "."], check=True)
+        tar = subprocess.run(
+            ["tar", "--numeric-owner", "-C", str(rootfs), "-cf", str(tarball), "."],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if tar.returncode != 0:
+            raise BaseImageUnavailable(f"packing the bootstrapped root failed: {tar.stderr.strip()[-2000:]}")
         repo, tag = parse_repository_tag(C.BASE_IMAGE_LOCAL)
         changes = [
             "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -593,7 +605,10 @@ def bootstrap_base_image(client: docker.DockerClient, *, workdir: Path | None = 
             image_id: str = client.images.get(C.BASE_IMAGE_LOCAL).id
     finally:
         _unmount_below(tmp)
-        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            shutil.rmtree(tmp)
+        except OSError as exc:  # the image is built; a leftover folder under .build/ is only untidy
+            logger.warning("could not remove %s: %s", tmp, exc)
     logger.info("bootstrapped %s (%s) in %.1f s", C.BASE_IMAGE_LOCAL, image_id, time.monotonic() - started)
     return C.BASE_IMAGE_LOCAL
 

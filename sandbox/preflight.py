@@ -62,7 +62,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, computed_fie
 
 from sandbox import constants as C
 from sandbox import reaper, trialdir
-from sandbox.docker_backend import OUTPUT_MAX_INODES, RUNNING, _DockerTrial, connect, resolve_image
+from sandbox.docker_backend import OUTPUT_MAX_INODES, RUNNING, DockerTrial, connect, resolve_image
 from sandbox.limits import Limits, MiB
 from sandbox.retry import engine_errors, infra_retry
 from sandbox.verdict import DataMissing, EngineUnavailable, ImageMissing, SandboxError, TrialSpec
@@ -762,7 +762,7 @@ def _run_probes(
         profile=profile,
         limits=limits,
     )
-    trial = _DockerTrial(
+    trial = DockerTrial(
         client=client,
         image_id=image_id,
         spec=spec,
@@ -774,8 +774,8 @@ def _run_probes(
     pids_args = [str(limits.pids_limit + FORK_BOMB_OVERSHOOT), str(FORK_BOMB_S)]
     try:
         with engine_errors("creating the probe containers"):
-            out = trial._volume("out", limits.output_limit_mb, OUTPUT_MAX_INODES)
-            config = trial._train_config(out)
+            out = trial.volume("out", limits.output_limit_mb, OUTPUT_MAX_INODES)
+            config = trial.train_config(out)
             config["command"] = ["python", "-I", "-S", "-c", PROBE, json.dumps(params)]
             probe = _create(trial, "probe", config)
             mem_config = limits.common_docker_kwargs(mem_limit_mb=MEM_PROBE_MB)
@@ -806,11 +806,11 @@ def _run_probes(
         trial.cleanup()
 
 
-def _create(trial: _DockerTrial, name: str, config: dict[str, Any]) -> Container:
+def _create(trial: DockerTrial, name: str, config: dict[str, Any]) -> Container:
     """A container of the trial (removed by its cleanup) labelled with the probe role."""
     container: Container = infra_retry(trial.client.containers.create)(
         image=trial.image_id,
-        name=trial._name(name),
+        name=trial.container_name(name),
         labels=reaper.sandbox_labels(trial.spec.trial_id, PROBE_ROLE),
         **config,
     )

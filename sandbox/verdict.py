@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sandbox.constants import Status
+from sandbox.constants import EVALUATOR_ERROR_EXIT, Status
 from sandbox.limits import Limits
 
 # --------------------------------------------------------------------------- errors
@@ -111,7 +111,6 @@ class Verdict(BaseModel):
 
 SIGXFSZ_EXIT = 128 + 25  # a write past RLIMIT_FSIZE kills the writer with SIGXFSZ
 SIGTERM_EXIT = 128 + 15  # the default action of the controller's SIGTERM (docker-init forwards it)
-EVALUATOR_ERROR_EXIT = 2  # the evaluator's own failure (sandbox/evaluate.py's contract)
 
 
 def classify_train(outcome: TrainOutcome) -> tuple[Status, str] | None:

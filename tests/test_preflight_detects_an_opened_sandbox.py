@@ -17,7 +17,7 @@ import docker
 import pytest
 
 from sandbox import preflight as pf
-from sandbox.docker_backend import _DockerTrial
+from sandbox.docker_backend import DockerTrial
 from sandbox.limits import Limits
 
 pytestmark = pytest.mark.docker
@@ -26,15 +26,15 @@ pytestmark = pytest.mark.docker
 def test_an_opened_sandbox_fails_the_matching_properties(
     docker_client: docker.DockerClient, trainer_image: str, tiny_data: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    production = _DockerTrial._train_config
+    production = DockerTrial._train_config
 
-    def opened(self: _DockerTrial, out: Any) -> dict[str, Any]:
+    def opened(self: DockerTrial, out: Any) -> dict[str, Any]:
         config = production(self, out)
         config |= {"network_mode": "bridge", "cap_add": ["CHOWN"], "read_only": False}
         config["environment"] = config["environment"] | {pf.CANARY_NAME: os.environ[pf.CANARY_NAME]}
         return config
 
-    monkeypatch.setattr(_DockerTrial, "_train_config", opened)
+    monkeypatch.setattr(DockerTrial, "_train_config", opened)
     result = pf.run_preflight(
         docker_client, Limits.for_profile("tiny", runtime="runc"), tiny_data, image=trainer_image
     )

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import pytest
 
 from sandbox import constants as C
-from sandbox.docker_backend import _DockerTrial
+from sandbox.docker_backend import DockerTrial
 from sandbox.limits import Limits
 from sandbox.verdict import TrialSpec
 
@@ -31,7 +31,7 @@ ENGINE_UNUSED: Any = None  # building configs never calls the engine
 
 def _trial(
     tmp_path: Path, *, gpu_ids: tuple[str, ...] = (), runtime: Literal["runc", "runsc"] | None = None
-) -> _DockerTrial:
+) -> DockerTrial:
     data = tmp_path / "data"
     for name in (C.TRAIN_DIRNAME, C.VAL_DIRNAME, C.TOKENIZER_DIRNAME):
         (data / name).mkdir(parents=True)
@@ -43,7 +43,7 @@ def _trial(
         limits=Limits(time_budget_s=5, kill_grace_s=1, runtime=runtime),
         gpu_ids=gpu_ids,
     )
-    return _DockerTrial(
+    return DockerTrial(
         client=ENGINE_UNUSED,
         image_id="sha256:test",
         spec=spec,
@@ -59,7 +59,7 @@ def _targets(config: dict[str, Any]) -> dict[str, Any]:
 
 def test_train_is_hardened_and_never_sees_val(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-secret")
-    config = _trial(tmp_path)._train_config(OUT)
+    config = _trial(tmp_path).train_config(OUT)
     assert config["network_mode"] == "none" and config["read_only"] is True
     assert config["cap_drop"] == ["ALL"] and "no-new-privileges:true" in config["security_opt"]
     assert not config["user"].startswith("0") and config["privileged"] is False
@@ -90,7 +90,7 @@ def test_train_is_hardened_and_never_sees_val(tmp_path: Path, monkeypatch: pytes
 
 def test_gpus_are_the_leased_ids_only(tmp_path: Path) -> None:
     trial = _trial(tmp_path, gpu_ids=("1", "3"), runtime="runsc")
-    for config in (trial._train_config(OUT), trial._eval_config(OUT, REPORT)):
+    for config in (trial.train_config(OUT), trial._eval_config(OUT, REPORT)):
         (request,) = config["device_requests"]
         assert request["DeviceIDs"] == ["1", "3"]
         assert request["Count"] in (0, None)  # -1 would mean every GPU on the host
