@@ -91,7 +91,11 @@ def reap(client: docker.DockerClient, *, everything: bool = False, dry_run: bool
     report = ReapReport()
     selector = {"label": f"{C.LABEL_APP}={C.LABEL_APP_VALUE}"}
     with engine_errors("listing the sandbox's containers"):
-        containers: list[Container] = infra_retry(client.containers.list)(all=True, filters=selector)
+        containers: list[Container] = infra_retry(client.containers.list)(
+            all=True,
+            filters=selector,
+            ignore_removed=True,  # another controller may be removing its own
+        )
     for container in containers:
         if everything or owner_is_dead(container.labels):
             report.containers.append(container.name)
