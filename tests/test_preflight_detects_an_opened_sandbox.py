@@ -26,7 +26,7 @@ pytestmark = pytest.mark.docker
 def test_an_opened_sandbox_fails_the_matching_properties(
     docker_client: docker.DockerClient, trainer_image: str, tiny_data: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    production = DockerTrial._train_config
+    production = DockerTrial.train_config
 
     def opened(self: DockerTrial, out: Any) -> dict[str, Any]:
         config = production(self, out)
@@ -34,7 +34,7 @@ def test_an_opened_sandbox_fails_the_matching_properties(
         config["environment"] = config["environment"] | {pf.CANARY_NAME: os.environ[pf.CANARY_NAME]}
         return config
 
-    monkeypatch.setattr(DockerTrial, "_train_config", opened)
+    monkeypatch.setattr(DockerTrial, "train_config", opened)
     result = pf.run_preflight(
         docker_client, Limits.for_profile("tiny", runtime="runc"), tiny_data, image=trainer_image
     )
