@@ -13,6 +13,10 @@ be a sensible researcher within its narrow means:
   discard it tends to try the other direction; while an untried alternative exists it never proposes
   a change already in the history, nor the undoing of a kept one, nor a pair that includes a change
   that failed on its own (a batch size the script rejects stays rejected).
+- It does not propose a batch size train.py would refuse: train.py asserts that TOTAL_BATCH_SIZE is a
+  multiple of DEVICE_BATCH_SIZE * MAX_SEQ_LEN (`batch_fits`), so a move that breaks this, with the values
+  in effect for the profile, is replaced by another. The check is skipped when a batch knob is absent or
+  not a literal, or when the current train.py already breaks the rule (no move could keep it).
 - Settings that are not hyperparameters (seeds, time reserves, logging intervals, vocab, sequence
   length) are left alone: a shorter export reserve would "win" by timing out, not by learning.
 
@@ -26,7 +30,7 @@ import logging
 import math
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 from harness.agents.base import AgentContext, AgentError, AgentFatal, HistoryRow, Proposal, Usage
@@ -74,6 +78,43 @@ FOLLOW_KEEP_P = 0.6  # after a keep: push the same knob further the same way
 REVERSE_DISCARD_P = 0.4  # after a discard: try the same knob the other way
 TWO_KNOBS_P = 0.3
 MAX_ATTEMPTS = 200
+TOTAL_BATCH_KNOB = "TOTAL_BATCH_SIZE"  # tokens per optimizer step
+DEVICE_BATCH_KNOB = "DEVICE_BATCH_SIZE"  # rows per forward/backward
+
+
+def batch_fits(total: Number | None, device: Number | None, max_seq_len: int | None) -> bool:
+    """Whether train.py accepts this batch: TOTAL_BATCH_SIZE % (DEVICE_BATCH_SIZE * MAX_SEQ_LEN) == 0.
+
+    train.py asserts it before training (gradient accumulation must take a whole number of micro
+    steps), so a proposal that breaks it is a trial recorded as a crash. An unknown value (None) means
+    the rule cannot be checked, and it is taken to hold.
+    """
+    if total is None or device is None or max_seq_len is None:
+        return True
+    micro_step = device * max_seq_len
+    return total > 0 and micro_step > 0 and total % micro_step == 0
+
+
+def profile_max_seq_len(profile: str) -> int | None:
+    """The profile's MAX_SEQ_LEN, from the trusted prepare.py; None for a profile it does not define."""
+    import prepare  # deferred: it imports torch, which nothing else here needs
+
+    known = prepare.PROFILES.get(profile)
+    return known.max_seq_len if known is not None else None
+
+
+def batch_values(knobs: Sequence[Knob], edits: Mapping[str, Number]) -> tuple[Number | None, Number | None]:
+    """(TOTAL_BATCH_SIZE, DEVICE_BATCH_SIZE) in effect once `edits` (knob name -> value) are applied.
+
+    A knob is matched on its hyperparameter name, so a per-profile dict entry counts; a name set by more
+    than one literal (which one train.py reads is unknown) or by none is None.
+    """
+    found: dict[str, list[Number]] = {TOTAL_BATCH_KNOB: [], DEVICE_BATCH_KNOB: []}
+    for knob in knobs:
+        if knob.key in found and not knob.in_tuple:
+            found[knob.key].append(edits.get(knob.name, knob.value))
+    totals, devices = found[TOTAL_BATCH_KNOB], found[DEVICE_BATCH_KNOB]
+    return (totals[0] if len(totals) == 1 else None, devices[0] if len(devices) == 1 else None)
 
 
 def classify(knob: Knob) -> MoveKind | None:
@@ -210,6 +251,9 @@ class OfflineAgent:
             (int(k.value) for k in knobs if k.key == "HEAD_DIM" and isinstance(k.value, int)), None
         )
         before = {k.name: k.value for k in found}
+        max_seq_len = profile_max_seq_len(ctx.profile)
+        # guard the batch rule only while it holds: if train.py already breaks it, no move could keep it
+        guard_batch = batch_fits(*batch_values(found, {}), max_seq_len)
         fallback: list[tuple[Knob, Number]] = []
         for plan in self._plans(knobs, ctx.history, rng):
             edits = []
@@ -220,6 +264,11 @@ class OfflineAgent:
                 if new is not None:
                     edits.append((knob, new))
             if not edits:
+                continue
+            if guard_batch and not batch_fits(
+                *batch_values(found, {knob.name: new for knob, new in edits}), max_seq_len
+            ):
+                logger.debug("skipping %s: train.py would refuse the batch size", edits)
                 continue
             key = _key([(knob.name, knob.value, new) for knob, new in edits])
             if key in tried or key & doomed:
