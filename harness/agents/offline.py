@@ -252,7 +252,7 @@ class OfflineAgent:
         )
         before = {k.name: k.value for k in found}
         max_seq_len = profile_max_seq_len(ctx.profile)
-        # guard the batch rule only while it holds: if train.py already breaks it, no move could keep it
+        # guard the rule only while it holds: on a train.py that already breaks it, it would refuse every move
         guard_batch = batch_fits(*batch_values(found, {}), max_seq_len)
         fallback: list[tuple[Knob, Number]] = []
         for plan in self._plans(knobs, ctx.history, rng):
