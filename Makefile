@@ -35,7 +35,7 @@ ifeq ($(PY),$(VENV)/bin/python)
 PY_PREREQ := $(VENV)/bin/python
 endif
 
-.PHONY: help install engine base wheelhouse images data test test-unit smoke preflight run lint clean ci
+.PHONY: help install engine engine-userns base wheelhouse images data test test-unit smoke preflight run lint clean ci
 
 help:
 	@echo "make run         engine + images + data, then a research run (RUN_ARGS='...' for options)"
@@ -43,6 +43,7 @@ help:
 	@echo "make test-unit   the tests that need no engine"
 	@echo "make install     python deps into $(VENV) (TORCH_VARIANT=$(TORCH_VARIANT))"
 	@echo "make engine      start the Docker engine with gVisor registered (root; installs it if missing)"
+	@echo "make engine-userns  a second engine with userns-remap on its own socket, trainer image loaded"
 	@echo "make images      build the trainer and controller images (IMAGES_ARGS=--trainer-only ...)"
 	@echo "make data        prepare the data for PROFILE=$(PROFILE)"
 	@echo "make smoke       one trial of train.py;  make preflight: the isolation self-test"
@@ -64,6 +65,12 @@ install: $(INSTALL_STAMP)
 
 engine:
 	@sandbox/scripts/ensure-engine.sh
+
+# A second dockerd with --userns-remap=default (the "userns-remap" hardening tier) next to the default
+# engine, never touching it; the trainer image is copied into it. Use it with
+# DOCKER_HOST=unix:///var/run/docker-userns.sock (see sandbox/scripts/userns-engine.sh).
+engine-userns: images
+	@sandbox/scripts/userns-engine.sh
 
 base: install engine
 	$(PY) -m sandbox.images base

@@ -58,6 +58,7 @@ DEFAULT_CONFIG_FILE = Path("autoresearch.toml")
 ENV_PREFIX = "AUTORESEARCH_"
 RUN_TAG_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 
+DEFAULT_CANARY_INTERVAL = 10
 ProfileChoice = Literal["tiny", "gpu", "auto"]
 AgentChoice = Literal["claude", "offline", "replay", "auto"]
 
@@ -144,7 +145,16 @@ class Settings(BaseSettings):
     seed: int = Field(
         default=0, description="base seed; every run's seed is derived from it and the trial id"
     )
-    canary_interval: int | None = Field(default=None, ge=1, description="reserved: canary trials (not yet)")
+    workers: int = Field(
+        default=1, ge=1, le=64, description="trials at once, each on its own lease (a GPU, else a cpuset)"
+    )
+    canary_interval: int | None = Field(
+        default=None,
+        ge=0,
+        description="candidate trials between canaries (a known cheat that must be rejected; one also "
+        "runs right after the baseline); 0: off, with a warning; None: "
+        f"{DEFAULT_CANARY_INTERVAL} on docker, off on local (which isolates nothing)",
+    )
     judge: JudgeSettings = Field(default_factory=JudgeSettings)
     retries: RetrySettings = Field(default_factory=RetrySettings)
     limits: dict[str, Any] = Field(default_factory=dict, description="overrides of sandbox.limits.Limits")
@@ -277,6 +287,15 @@ def resolve_agent(setting: str, *, env: Mapping[str, str] | None = None) -> Choi
     return Choice("offline", "ANTHROPIC_API_KEY is not set (the offline agent needs no key)")
 
 
+def resolve_canary_interval(setting: int | None, backend: str) -> tuple[int, str]:
+    """Candidate trials between canaries (0: off), and why."""
+    if setting is not None:
+        return setting, "set in the configuration"
+    if backend == "local":
+        return 0, "the local backend isolates nothing, so a canary would always escape"
+    return DEFAULT_CANARY_INTERVAL, "the default"
+
+
 def default_run_dir(profile: str, agent: str) -> Path:
     """runs/<profile>-<agent>, relative to the working directory."""
     return Path("runs") / f"{profile}-{agent}"
@@ -315,6 +334,10 @@ class RunConfig(BaseModel):
     max_trials: int | None = None
     seed: int = 0
     gpu_ids: tuple[str, ...] = ()
+    # Candidate trials between canaries (harness/canary.py); 0: none. `python -m harness run` resolves it
+    # with `resolve_canary_interval` (10 on docker); a RunConfig built by hand runs no canary unless asked.
+    canary_interval: int = Field(default=0, ge=0)
+    workers: int = Field(default=1, ge=1, le=64)
 
 
 # --------------------------------------------------------------------------- the run folder

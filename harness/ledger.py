@@ -309,7 +309,22 @@ class AgentRecord(BaseModel):
     propose_s: float = 0.0
 
 
-TrialKind = Literal["baseline", "candidate"]
+# "canary": a control trial (harness/canary.py), a known cheat that must be rejected. Its row has
+# decision `canary` and a `canary` field; it is never judged, never best, never counted as a candidate
+# and never written to results.tsv.
+TrialKind = Literal["baseline", "candidate", "canary"]
+
+
+class CanaryCheck(BaseModel):
+    """What a canary row adds: whether the known cheat came back as it must (rejected by the probe)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    passed: bool
+    expected: str  # e.g. "rejected by probe:causality"
+    got: str  # what came back, e.g. "rejected by probe:causality", "ok (val_bpb 0.012345)"
+    escapes: list[str] = Field(default_factory=list)  # breakouts the canary reported succeeding
+    source_sha256: str  # of the canary train.py that ran
 
 
 class TrialRecord(BaseModel):
@@ -342,14 +357,16 @@ class TrialRecord(BaseModel):
     timings: dict[str, float] = Field(default_factory=dict)
     started_at: str
     finished_at: str
+    canary: CanaryCheck | None = None  # set on canary rows only
     # Set by the ledger on append; present on every row read back.
     index: int | None = None
     prev_hash: str | None = None
     hash: str | None = None
 
     def to_row(self) -> dict[str, Any]:
-        """The row to append (the chain keys are the ledger's to set)."""
-        return self.model_dump(mode="json", exclude=set(CHAIN_KEYS))
+        """The row to append (the chain keys are the ledger's to set; `canary` only on canary rows)."""
+        exclude = set(CHAIN_KEYS) | ({"canary"} if self.canary is None else set())
+        return self.model_dump(mode="json", exclude=exclude)
 
     def result_row(self) -> ResultRow:
         return ResultRow(

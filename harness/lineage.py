@@ -6,8 +6,11 @@ the user's checkout is never touched. Inspect it with
 
 Refs:
 - `refs/heads/autoresearch/<run-tag>`: the run branch. Its root is the starting train.py; each
-  keep moves it forward to the kept candidate (always a fast-forward: a candidate's parent is the
-  best at the time it was proposed).
+  keep moves it to the kept candidate. With one worker that is a fast-forward (a candidate's parent
+  is the best at the time it was proposed); with several, a keep may land after another worker's
+  keep that was not its parent, and the branch then leaves that one behind.
+- `refs/autoresearch/superseded/<trial>`: the best that the keep of <trial> replaced without
+  descending from it, so no kept commit ever becomes unreachable.
 - `refs/autoresearch/pending/<trial>`: a candidate committed but not judged yet.
 - `refs/autoresearch/discarded/<trial>`: discards and crashes, reachable forever (the reference
   loses them to `git reset`).
@@ -41,6 +44,7 @@ BRANCH_PREFIX = "autoresearch/"
 PENDING = "refs/autoresearch/pending/"
 DISCARDED = "refs/autoresearch/discarded/"
 ORPHANED = "refs/autoresearch/orphaned/"
+SUPERSEDED = "refs/autoresearch/superseded/"
 AUTHOR_NAME = "autoresearch"
 AUTHOR_EMAIL = "autoresearch@localhost"
 ZERO_OID = "0" * 40
@@ -178,6 +182,8 @@ class Lineage:
 
     def keep(self, trial_id: str, commit: str, *, expected_head: str) -> None:
         """Advance the run branch to a kept candidate (compare-and-swap on the old head)."""
+        if self._git("merge-base", expected_head, commit, check=False).strip() != expected_head:
+            self._update_ref(SUPERSEDED + trial_id, expected_head, why=f"autoresearch: {trial_id} supersedes")
         self._update_ref(self.branch_ref, commit, expected_head, why=f"autoresearch: keep {trial_id}")
         self._drop_pending(trial_id)
 

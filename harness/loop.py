@@ -30,9 +30,12 @@ Deliberate choices:
   `trial.json` was never complete and is abandoned at once. Trial ids are never reused.
 - `max_trials` counts candidate trials in the run folder, not in this session, so a resumed run
   finishes the same plan.
-- Designed for several workers on one run folder (`--workers N`, later): ids are allocated with an
-  atomic mkdir, and the final judgement is made from the ledger re-read under its lock, so a
-  worker always judges against the latest best. The run lock is the controller's, not a worker's.
+- Several workers on one run folder (`--workers N`, harness/workers.py): ids are allocated with an
+  atomic mkdir, the final judgement is made from the ledger re-read under its lock (so a keep is
+  judged against the best at the moment it lands, not when it started), and every write to the
+  lineage happens under that same lock. The run lock is the controller's, not a worker's. Each
+  worker runs in a `Seat` (its name, agent, and the limits and GPU ids its lease gives it), which
+  the methods below read through `self.seat`; a single worker sits in the main thread's seat.
 """
 
 from __future__ import annotations
@@ -55,11 +58,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock
 from filelock import Timeout as LockTimeout
 
+from harness import canary, interrupts
 from harness.agents.base import (
     LOG_TAIL_LIMIT,
     Agent,
@@ -91,7 +95,11 @@ from harness.results import ResultsFile, rows_for, sanitize_description
 from sandbox import constants as C
 from sandbox.backend import Sandbox
 from sandbox.constants import Decision, Status
+from sandbox.limits import Limits
 from sandbox.verdict import DataMissing, ImageMissing, SandboxError, TrialSpec, Verdict
+
+if TYPE_CHECKING:
+    from harness.workers import LeaseSource
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +144,10 @@ class InvalidStreak(LoopError):
     pass
 
 
+class IsolationBroken(LoopError):
+    """The run canary (a known cheat, harness/canary.py) was not rejected: isolation or evaluator broken."""
+
+
 # --------------------------------------------------------------------------- models
 
 
@@ -155,6 +167,16 @@ class RunSummary:
 
 class _Stop(Exception):
     """Ends the candidate loop cleanly (max_trials reached, the agent has nothing left)."""
+
+
+@dataclass(frozen=True)
+class Seat:
+    """Who runs a trial: the worker's name, its agent, and the limits and GPU ids its lease gives it."""
+
+    name: str
+    agent: Agent
+    limits: Limits
+    gpu_ids: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------- helpers
@@ -236,7 +258,8 @@ def add_usage(a: Usage, b: Usage) -> Usage:
 def _signals_held() -> Iterator[None]:
     """Hold SIGINT/SIGTERM back while a trial's records are written; deliver them afterwards."""
     if threading.current_thread() is not threading.main_thread():
-        yield
+        with interrupts.held():  # a worker thread: its controller's interruption waits instead
+            yield
         return
     received: list[int] = []
 
@@ -308,20 +331,56 @@ class ResearchLoop:
         *,
         progress: Progress | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        agent_factory: Callable[[int], Agent] | None = None,
+        leases: LeaseSource | None = None,
     ) -> None:
+        """`agent_factory(k)` builds worker k's agent (k >= 1; worker 0 uses `agent`); without one the
+        workers share `agent`, one proposal at a time. `leases` (a `sandbox.gpu` lease table) gives
+        each worker its GPU or cpuset; None: the default for the profile when `config.workers` > 1,
+        and no lease at all with one worker (see harness/workers.py)."""
         self.config = config
         self.sandbox = sandbox
-        self.agent = agent
         self.progress: Progress = progress or LogProgress()
         self.sleep = sleep
+        self.agent_factory = agent_factory
+        self.leases = leases
         self.paths = RunPaths(config.run_dir)
         self.ledger = Ledger(self.paths.ledger)
         self.results = ResultsFile(self.paths.results)
         self.lineage = Lineage(self.paths.lineage, config.run_tag)
-        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self.main_seat = Seat(
+            name=f"{socket.gethostname()}:{os.getpid()}",
+            agent=agent,
+            limits=config.limits,
+            gpu_ids=config.gpu_ids,
+        )
+        self._seats = threading.local()
         self.program = ""
         self.recorded = 0
         self.changes: list[str] = []
+
+    @property
+    def seat(self) -> Seat:
+        """The calling worker's seat (the main seat outside worker threads)."""
+        seat: Seat = getattr(self._seats, "seat", self.main_seat)
+        return seat
+
+    @property
+    def worker(self) -> str:
+        return self.seat.name
+
+    @property
+    def agent(self) -> Agent:
+        return self.seat.agent
+
+    @contextlib.contextmanager
+    def seated(self, seat: Seat) -> Iterator[None]:
+        """Run the calling thread's trials in `seat`."""
+        self._seats.seat = seat
+        try:
+            yield
+        finally:
+            del self._seats.seat
 
     # ------------------------------------------------------------------ session
 
@@ -344,7 +403,12 @@ class ResearchLoop:
                 pending = self._start_up()
                 self.progress.start(self._banner())
                 try:
-                    stopped = self._session(pending)
+                    if self.config.workers > 1 or self.leases is not None:
+                        from harness.workers import WorkerPool
+
+                        stopped = WorkerPool(self).run(pending)
+                    else:
+                        stopped = self._session(pending)
                 finally:
                     self.progress.stop()
             return self._summary(stopped)
@@ -357,7 +421,9 @@ class ResearchLoop:
         return [
             f"run {c.run_tag} in {c.run_dir}",
             f"profile {c.profile} · agent {self.agent.name} · backend {self.sandbox.name}"
-            f" · max trials {c.max_trials if c.max_trials is not None else 'unlimited'}",
+            f" · max trials {c.max_trials if c.max_trials is not None else 'unlimited'}"
+            + (f" · {c.workers} workers" if c.workers > 1 else ""),
+            *canary.banner(c.canary_interval),
         ]
 
     # ------------------------------------------------------------------ start-up and recovery
@@ -495,6 +561,10 @@ class ResearchLoop:
                 if not state.ready:
                     self._execute(self._plan_baseline(records))
                     continue
+                canary_plan = self._plan_canary(records)
+                if canary_plan is not None:
+                    self._execute(canary_plan)
+                    continue
                 self._check_continue(records)
                 plan = self._plan_candidate(records, state)
                 self._execute(plan)
@@ -502,11 +572,15 @@ class ResearchLoop:
             logger.info("stopping: %s", stop)
             return str(stop)
 
-    def _check_continue(self, records: Sequence[TrialRecord]) -> None:
+    def _check_continue(self, records: Sequence[TrialRecord], in_flight: int = 0) -> None:
+        """Raise _Stop or InvalidStreak; `in_flight`: other workers' candidates not recorded yet."""
         candidates = [r for r in records if r.kind == "candidate"]
         limit = self.config.max_trials
-        if limit is not None and len(candidates) >= limit:
-            raise _Stop(f"max_trials reached: {len(candidates)} candidate trials of {limit}")
+        if limit is not None and len(candidates) + in_flight >= limit:
+            running = f" ({in_flight} of them still running)" if in_flight else ""
+            raise _Stop(
+                f"max_trials reached: {len(candidates) + in_flight} candidate trials of {limit}{running}"
+            )
         streak = 0
         for r in reversed(candidates):
             if r.runs:
@@ -537,10 +611,12 @@ class ResearchLoop:
     def _seeds(self, trial_id: str) -> tuple[int, int]:
         return derive_seed(self.config.seed, trial_id, 0), derive_seed(self.config.seed, trial_id, 1)
 
-    def _plan_baseline(self, records: Sequence[TrialRecord]) -> TrialPlan:
+    def _plan_baseline(self, records: Sequence[TrialRecord], done: int | None = None) -> TrialPlan:
+        """`done`: baseline runs recorded or running (other workers'); default: those recorded."""
         root = self.lineage.root()
         text = self.lineage.read(root)
-        done = sum(1 for r in records if r.decision is Decision.BASELINE)
+        if done is None:
+            done = sum(1 for r in records if r.decision is Decision.BASELINE)
         trial_id = self._allocate(records)
         tp = self.paths.trial(trial_id)
         tp.candidate.write_text(text, encoding="utf-8")
@@ -559,11 +635,25 @@ class ResearchLoop:
         write_atomic(tp.trial_json, plan.model_dump_json(indent=2) + "\n")
         return plan
 
-    def _plan_candidate(self, records: Sequence[TrialRecord], state: JudgeState) -> TrialPlan:
+    def _plan_canary(self, records: Sequence[TrialRecord]) -> TrialPlan | None:
+        """The run canary's trial when one is due (harness/canary.py), else None."""
+        if not canary.due(records, self.config.canary_interval, self.config.max_trials):
+            return None
+        trial_id = self._allocate(records)
+        number = canary.number_of_next(records)
+        return canary.write_plan(
+            self.paths.trial(trial_id), trial_id, self._seeds(trial_id), worker=self.worker, number=number
+        )
+
+    def _plan_candidate(
+        self, records: Sequence[TrialRecord], state: JudgeState, index: int | None = None
+    ) -> TrialPlan:
+        """`index`: the candidate's number in the run (other workers' running ones counted); default:
+        the candidates recorded."""
         assert state.best is not None  # the caller checked state.ready
         parent = state.best.commit
         parent_text = self.lineage.read(parent)
-        candidates = sum(1 for r in records if r.kind == "candidate")
+        candidates = sum(1 for r in records if r.kind == "candidate") if index is None else index
         ctx = AgentContext(
             program=self._program(),
             train_py=parent_text,
@@ -577,8 +667,9 @@ class ResearchLoop:
                     description=r.description,
                 )
                 for r in records
+                if r.kind != "canary"  # controls are the controller's business, not the agent's
             ),
-            last=self._last_trial(records[-1]) if records else None,
+            last=next((self._last_trial(r) for r in reversed(records) if r.kind != "canary"), None),
             profile=self.config.profile,
             trial_index=candidates,
             seed=derive_seed(self.config.seed, "agent", candidates),
@@ -595,9 +686,10 @@ class ResearchLoop:
             unified_diff(parent_text, text, parent_label=parent[:12], candidate_label=trial_id),
             encoding="utf-8",
         )
-        commit = self.lineage.commit_candidate(
-            text, parent=parent, trial_id=trial_id, description=description
-        )
+        with self.ledger.locked():  # every lineage write happens under the ledger lock
+            commit = self.lineage.commit_candidate(
+                text, parent=parent, trial_id=trial_id, description=description
+            )
         plan = TrialPlan(
             trial_id=trial_id,
             kind="candidate",
@@ -691,6 +783,8 @@ class ResearchLoop:
                         self.progress.phase(plan.trial_id, f"confirming with seed {plan.seeds[1]}")
                         verdicts.append(self._run_sandbox(plan, 1))
         record = self._record(plan, verdicts, started_at)
+        if record.canary is not None and not record.canary.passed:
+            raise IsolationBroken(canary.alarm(record, self.ledger.records(), self.paths.root))
         if plan.kind == "baseline" and record.decision is not Decision.BASELINE:
             raise BaselineFailed(
                 f"the starting train.py failed its baseline run {plan.trial_id}: {record.status.value}: "
@@ -714,9 +808,9 @@ class ResearchLoop:
             candidate=tp.candidate,
             trial_dir=tp.run_dir(run),
             profile=self.config.profile,
-            limits=self.config.limits,
+            limits=self.seat.limits,
             seed=plan.seeds[run],
-            gpu_ids=self.config.gpu_ids,
+            gpu_ids=self.seat.gpu_ids,
         )
         retries = self.config.retries
         for attempt in range(1, retries.sandbox_attempts + 1):
@@ -760,6 +854,8 @@ class ResearchLoop:
         if plan.invalid is not None:
             return Status.CRASH, Decision.CRASH, plan.invalid, None, None
         first = verdicts[0]
+        if plan.kind == "canary":
+            return canary.decide(first)
         if first.status is not Status.OK:
             return first.status, Decision.CRASH, first.reason, None, None
         if plan.kind == "baseline":
@@ -794,8 +890,8 @@ class ResearchLoop:
             "candidate_commit": plan.candidate_commit,
             "seeds": [r.seed for r in runs],
             "images": first.images if first else {},
-            "limits": self.config.limits.model_dump(mode="json"),
-            "gpu_ids": list(self.config.gpu_ids),
+            "limits": self.seat.limits.model_dump(mode="json"),
+            "gpu_ids": list(self.seat.gpu_ids),
             "agent": plan.agent.model_dump(mode="json") if plan.agent else None,
             "runs": [r.model_dump(mode="json") for r in runs],
             "hashes": hash_tree(tp.dir, skip=frozenset({tp.manifest.name})),
@@ -824,23 +920,24 @@ class ResearchLoop:
                 runs=runs,
                 judge=judgement,
                 images=first.images if first else {},
-                limits=self.config.limits.model_dump(mode="json"),
-                gpu_ids=list(self.config.gpu_ids),
+                limits=self.seat.limits.model_dump(mode="json"),
+                gpu_ids=list(self.seat.gpu_ids),
                 hashes=hashes,
                 agent=plan.agent,
                 timings=self._timings(plan, verdicts),
                 started_at=started_at,
                 finished_at=now_iso(),
+                canary=canary.check(first, tp.dir, tp.candidate) if plan.kind == "canary" and first else None,
             )
             written = TrialRecord.model_validate(self.ledger.append(record.to_row()))
-            self.results.append([written.result_row()])
+            self.results.append(rows_for([written]))  # none for a canary: results.tsv lists experiments
             if plan.kind == "candidate":
                 if decision is Decision.KEEP:
                     assert state.best is not None
                     self.lineage.keep(plan.trial_id, plan.candidate_commit, expected_head=state.best.commit)
                 else:
                     self.lineage.discard(plan.trial_id, plan.candidate_commit)
-        self.recorded += 1
+            self.recorded += 1
         new_state = replay((r.judged() for r in [*records, written]), self.config.judge)
         self.progress.recorded(written, new_state)
         return written

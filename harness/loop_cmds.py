@@ -7,7 +7,8 @@ the same run. When a session ends it writes progress.png and report.md into the 
 
 Exit codes: 0 done; 1 the run stopped on an error (the message says what to do); 2 the
 configuration is broken; 3 engine unreachable, 4 image missing, 5 data missing (as `trial`);
-130 interrupted (Ctrl-C or SIGTERM; run the same command to resume). `verify-ledger` exits 1
+8 ISOLATION BROKEN: the run canary, a known cheat, was not rejected (harness/canary.py); 130
+interrupted (Ctrl-C or SIGTERM; run the same command to resume). `verify-ledger` exits 1
 when history does not verify.
 """
 
@@ -28,6 +29,7 @@ EXIT_CONFIG = 2
 EXIT_ENGINE = 3
 EXIT_IMAGE = 4
 EXIT_DATA = 5
+EXIT_ISOLATION_BROKEN = 8  # 6 and 7 are `trial`'s and `preflight`'s
 EXIT_INTERRUPTED = 130
 
 
@@ -58,6 +60,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--data-dir", type=Path, help="prepared data (default: prepare.py's folder for the profile)"
     )
     run.add_argument("--seed", type=int, help="base seed for every run's seed")
+    run.add_argument(
+        "--canary-interval",
+        type=int,
+        metavar="N",
+        help="candidate trials between run canaries, a known cheat that must be rejected "
+        "(default 10 on docker, off on local; 0: off, with a warning)",
+    )
+    run.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="trials at once, each on its own GPU (gpu profile) or cpuset (default 1)",
+    )
     run.set_defaults(func=cmd_run)
 
     status = sub.add_parser("status", help="a run's key numbers and last trials")
@@ -72,7 +87,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     check.add_argument("dir", type=Path, help="run folder (or its ledger.jsonl)")
     check.set_defaults(func=cmd_verify_ledger)
 
-    logs = sub.add_parser("logs", help="one trial's logs, limits, exit reasons and evaluator report")
+    logs = sub.add_parser(
+        "logs",
+        help="one trial's TRAIN and EVAL logs, limits, exit reasons, evaluator report and audit events",
+    )
     logs.add_argument("trial", help="trial id, e.g. t0007")
     logs.add_argument("--run-dir", type=Path, help="run folder (default: the only one under runs/)")
     logs.set_defaults(func=cmd_logs)
@@ -86,9 +104,13 @@ def _err(message: str) -> None:
 
 
 @contextlib.contextmanager
-def _gpu_lease(profile: str, configured: tuple[str, ...], owner: str) -> Iterator[tuple[str, ...]]:
-    """The GPU ids for this session: the configured ones, or one leased device for the gpu profile."""
-    if configured or profile != "gpu":
+def _gpu_lease(
+    profile: str, configured: tuple[str, ...], owner: str, workers: int = 1
+) -> Iterator[tuple[str, ...]]:
+    """The GPU ids for this session: the configured ones, or one leased device for the gpu profile.
+
+    With several workers each leases its own (harness/workers.py), so none is leased here."""
+    if configured or profile != "gpu" or workers > 1:
         yield configured
         return
     from sandbox.gpu import GpuLeases
@@ -107,11 +129,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         default_run_dir,
         load_settings,
         resolve_agent,
+        resolve_canary_interval,
         resolve_profile,
     )
     from harness.ledger import LedgerError
     from harness.lineage import LineageError, check_run_tag
-    from harness.loop import LoopError, ResearchLoop, read_program
+    from harness.loop import IsolationBroken, LoopError, ResearchLoop, read_program
     from harness.progress import make_progress
     from harness.results import ResultsError
     from sandbox.verdict import DataMissing, EngineUnavailable, ImageMissing, SandboxError
@@ -128,6 +151,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         "train_py": args.train_py,
         "data_dir": args.data_dir,
         "seed": args.seed,
+        "workers": args.workers,
+        "canary_interval": args.canary_interval,
     }
     try:
         settings = load_settings(args.config, overrides)
@@ -140,6 +165,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise ConfigError(f"run_tag: {exc} (set run_tag in the configuration)") from None
         limits = settings.limits_for(profile.value)
         agent_settings = agent_settings_for(settings, agent_choice.value)
+        canary_interval, canary_why = resolve_canary_interval(settings.canary_interval, settings.backend)
     except ConfigError as exc:
         _err(str(exc))
         return EXIT_CONFIG
@@ -153,6 +179,17 @@ def cmd_run(args: argparse.Namespace) -> int:
             if settings.backend == "local"
             else ": every candidate in hardened containers"
             + (f" (runtime {settings.runtime})" if settings.runtime else "")
+        ),
+        *(
+            [f"workers {settings.workers}, each on its own {'GPU' if profile.value == 'gpu' else 'cpuset'}"]
+            if settings.workers > 1
+            else []
+        ),
+        (
+            f"canary every {canary_interval} candidate trials and after the baseline: {canary_why}"
+            if canary_interval
+            else f"canary OFF: {canary_why}. WARNING: nothing checks during this run that the "
+            "isolation and the evaluator still reject a known cheat"
         ),
         f"run folder {run_dir}"
         + (" (resuming)" if (run_dir / "ledger.jsonl").exists() else "")
@@ -191,7 +228,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_ERROR
 
     try:
-        with _gpu_lease(profile.value, settings.gpu_ids, f"run:{run_tag}") as gpu_ids:
+        with _gpu_lease(profile.value, settings.gpu_ids, f"run:{run_tag}", settings.workers) as gpu_ids:
             config = RunConfig(
                 run_dir=run_dir,
                 run_tag=run_tag,
@@ -206,12 +243,24 @@ def cmd_run(args: argparse.Namespace) -> int:
                 max_trials=settings.max_trials,
                 seed=settings.seed,
                 gpu_ids=tuple(gpu_ids),
+                workers=settings.workers,
+                canary_interval=canary_interval,
             )
-            summary = ResearchLoop(config, sandbox, agent, progress=make_progress()).run()
+            summary = ResearchLoop(
+                config,
+                sandbox,
+                agent,
+                progress=make_progress(),
+                agent_factory=_agent_factory(agent_choice.value, agent_settings),
+            ).run()
     except KeyboardInterrupt:
         _err(f"interrupted; everything recorded so far is in {run_dir}. Run the same command to resume.")
         _write_report_quietly(run_dir)
         return EXIT_INTERRUPTED
+    except IsolationBroken as exc:
+        _isolation_banner(str(exc))
+        _write_report_quietly(run_dir)
+        return EXIT_ISOLATION_BROKEN
     except LoopError as exc:
         _err(str(exc))
         _write_report_quietly(run_dir)
@@ -236,6 +285,27 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     _write_report_quietly(run_dir)
     return 0
+
+
+def _agent_factory(name: str, settings: Any) -> Any:
+    """One agent per extra worker; None for the replay agent, whose one folder the workers share."""
+    if name == "replay":
+        return None
+    from harness.agents import make_agent
+
+    return lambda k: make_agent(name, settings)
+
+
+def _isolation_banner(message: str) -> None:
+    """The run canary was not rejected: say it so that nobody scrolling past can miss it."""
+    bar = "!" * 100
+    print(
+        f"\n{bar}\n!!! ISOLATION OR EVALUATOR BROKEN: THE RUN HAS STOPPED (exit {EXIT_ISOLATION_BROKEN})\n{bar}",
+        file=sys.stderr,
+    )
+    for line in message.splitlines():
+        print(f"!!! {line}", file=sys.stderr)
+    print(bar, file=sys.stderr)
 
 
 def _recorded_run_tag(run_dir: Path) -> str | None:
@@ -344,11 +414,11 @@ def cmd_verify_ledger(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    from harness.report import ReportError, trial_logs_text
+    from harness.trial_logs import TrialNotFound, trial_logs_text
 
     try:
         sys.stdout.write(trial_logs_text(_run_dir(args.run_dir), args.trial))
-    except (FileNotFoundError, ReportError) as exc:
+    except (FileNotFoundError, TrialNotFound) as exc:
         _err(str(exc))
         return EXIT_ERROR
     return 0

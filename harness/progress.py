@@ -32,6 +32,7 @@ _STYLE = {
     Decision.DISCARD: "dim",
     Decision.CRASH: "red",
     Decision.BASELINE: "cyan",
+    Decision.CANARY: "magenta",
 }
 
 

@@ -1,4 +1,4 @@
-"""What a researcher reads in the morning: the status line, progress.png, report.md, a trial's logs.
+"""What a researcher reads in the morning: the status line, progress.png and report.md.
 
 Everything here reads a run folder and writes nothing but `progress.png` and `report.md`; the
 numbers come from the ledger (verified first: the report says so when it does not verify), the
@@ -7,7 +7,9 @@ diffs and logs from the trial folders.
 progress.png follows the reference's analysis: val_bpb per trial in order, keeps highlighted,
 discards faint, the running best as a step line, plus the baseline's noise band. Trials without
 a score are marked as ticks along the bottom edge, and scores far above the baseline are clipped
-to the top edge (as triangles) so that one terrible candidate cannot flatten the plot.
+to the top edge (as triangles) so that one terrible candidate cannot flatten the plot. Run canaries
+(controls, harness/canary.py) are vertical lines, not points, and the headline says if one failed.
+One trial's logs are harness/trial_logs.py's.
 """
 
 from __future__ import annotations
@@ -21,10 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.config import RunPaths, TrialPaths
+from harness.config import RunPaths
 from harness.judge import JudgeSettings, JudgeState, replay
 from harness.ledger import Ledger, TrialRecord, VerifyResult, verify
-from sandbox import constants as C
 from sandbox.constants import Decision
 
 logger = logging.getLogger(__name__)
@@ -112,6 +113,7 @@ def headline(view: RunView) -> list[str]:
         + (f": {', '.join(f'{n} {s}' for s, n in sorted(statuses.items()))}" if statuses else "")
         + ")",
     ]
+    lines += canary_lines(records)
     if state.noise is not None and state.best is not None:
         gain = state.noise.mean - state.best.val_bpb
         lines.append(
@@ -130,6 +132,27 @@ def headline(view: RunView) -> list[str]:
         else f"DOES NOT VERIFY: {view.check.bad}; only the {view.check.rows} rows before it are shown"
     )
     lines.append(f"ledger: {view.check.rows} rows, {verdict}; last hash {view.check.last_hash[:16]}")
+    return lines
+
+
+def canary_lines(records: list[TrialRecord]) -> list[str]:
+    """The run canary's record (harness/canary.py), loud when the last one failed; nothing if none ran."""
+    canaries = [r for r in records if r.kind == "canary"]
+    if not canaries:
+        return []
+    failed = [r for r in canaries if r.canary is None or not r.canary.passed]
+    lines = [
+        f"canary (a known cheat that must be rejected): {len(canaries)} run, {len(canaries) - len(failed)} "
+        f"rejected as they must be"
+        + (f", {len(failed)} FAILED ({', '.join(r.trial_id for r in failed)})" if failed else "")
+    ]
+    last = canaries[-1]
+    if last.canary is None or not last.canary.passed:
+        lines.append(
+            f"ISOLATION BROKEN: the last canary {last.trial_id} came back "
+            f"{last.canary.got if last.canary else last.status.value}; the trials recorded since the last "
+            "canary that was rejected are suspect"
+        )
     return lines
 
 
@@ -155,7 +178,8 @@ def plot_progress(view: RunView, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     records, state = view.records, view.state
-    scored = [(i, r) for i, r in enumerate(records) if r.val_bpb is not None]
+    # Canary rows are controls, not experiments: never plotted as scores, marked as vertical lines.
+    scored = [(i, r) for i, r in enumerate(records) if r.val_bpb is not None and r.kind != "canary"]
     fig, ax = plt.subplots(figsize=(14, 6.5), dpi=110)
     try:
         values = [r.val_bpb for _, r in scored if r.val_bpb is not None]
@@ -196,7 +220,7 @@ def plot_progress(view: RunView, path: Path) -> Path:
                         s=20,
                         zorder=2,
                     )
-            crashes = [i for i, r in enumerate(records) if r.val_bpb is None]
+            crashes = [i for i, r in enumerate(records) if r.val_bpb is None and r.kind != "canary"]
             if crashes:
                 ax.scatter(
                     crashes,
@@ -231,6 +255,17 @@ def plot_progress(view: RunView, path: Path) -> Path:
                         rotation=-30,
                         color="#1b5e20",
                     )
+        for i, r in enumerate(records):
+            if r.kind == "canary":
+                ok = r.canary is not None and r.canary.passed
+                ax.axvline(
+                    i,
+                    color="#2ca02c" if ok else "#d62728",
+                    alpha=0.25 if ok else 0.9,
+                    linestyle=":" if ok else "-",
+                    linewidth=1.0 if ok else 2.0,
+                    label=None if ok else "canary FAILED",
+                )
         kept = sum(1 for r in records if r.decision is Decision.KEEP)
         ax.set_title(f"Autoresearch progress: {len(records)} trials, {kept} kept improvements")
         ax.set_xlabel("trial")
@@ -317,76 +352,3 @@ def write_report(run_dir: Path) -> tuple[Path, Path]:
     md = view.paths.report_md
     md.write_text(render_markdown(view, image=png.name), encoding="utf-8")
     return png, md
-
-
-# --------------------------------------------------------------------------- logs of one trial
-
-
-def _find_trial(paths: RunPaths, trial_id: str) -> TrialPaths:
-    direct = paths.trial(trial_id)
-    if direct.dir.is_dir():
-        return direct
-    if paths.trials.is_dir():
-        for folder in sorted(paths.trials.glob(f"{trial_id}.abandoned*")):
-            return TrialPaths(folder)
-    raise ReportError(f"no trial {trial_id} under {paths.trials}")
-
-
-def _section(title: str, body: str) -> list[str]:
-    return ["", f"===== {title} " + "=" * max(0, 70 - len(title)), body.rstrip("\n")]
-
-
-def _read(path: Path) -> str:
-    return path.read_text(encoding="utf-8", errors="replace")
-
-
-def trial_logs_text(run_dir: Path, trial_id: str) -> str:
-    """Everything about one trial: its ledger row, and per run the limits, exits, report and logs."""
-    paths = RunPaths(run_dir)
-    tp = _find_trial(paths, trial_id)
-    out = [f"trial {trial_id} in {tp.dir}"]
-    record = next((r for r in Ledger(paths.ledger).records() if r.trial_id == trial_id), None)
-    if record is None:
-        out.append("no ledger row: the trial never finished (interrupted or abandoned)")
-    else:
-        out.append(
-            f"{record.decision.value} ({record.status.value}) val_bpb {_val(record.val_bpb)}"
-            f" claimed {_val(record.claimed_val_bpb)}: {record.reason}"
-        )
-        out.append(f"description: {record.description}")
-        out.append(f"commit {record.candidate_commit} (parent {record.parent_commit})")
-    if tp.diff.exists():
-        out += _section("diff to parent", _read(tp.diff))
-    runs = [tp.dir, tp.confirm_dir]
-    if tp.interrupted_dir.is_dir():
-        runs += sorted(p for p in tp.interrupted_dir.iterdir() if p.is_dir())
-    for folder in runs:
-        if not folder.is_dir():
-            continue
-        label = folder.relative_to(tp.dir).as_posix() if folder != tp.dir else "run 0"
-        verdict_path = folder / C.VERDICT_FILE
-        if verdict_path.exists():
-            verdict = json.loads(_read(verdict_path))
-            limits = verdict.get("limits", {})
-            out += _section(
-                f"{label}: verdict",
-                f"status {verdict.get('status')}: {verdict.get('reason')}\n"
-                f"val_bpb {verdict.get('val_bpb')} (claimed {verdict.get('claimed_val_bpb')}), "
-                f"seed {verdict.get('seed')}, backend {verdict.get('backend')}, gpus {verdict.get('gpu_ids')}\n"
-                f"peak memory {verdict.get('peak_memory_gb')} GB, timings {verdict.get('timings')}\n"
-                f"limits {json.dumps(limits, sort_keys=True)}",
-            )
-        for name, title in (
-            (C.TRAIN_STATE_FILE, "TRAIN container exit"),
-            (C.EVAL_STATE_FILE, "EVAL container exit"),
-            (C.REPORT_FILE, "evaluator report"),
-            (C.TRAIN_LOG_FILE, "TRAIN log (untrusted candidate output)"),
-            (C.EVAL_LOG_FILE, "EVAL log"),
-            (C.SANDBOX_LOG_FILE, "sandbox steps"),
-        ):
-            path = folder / name
-            if path.exists():
-                out += _section(f"{label}: {title}", _read(path))
-    if tp.controller_log.exists():
-        out += _section("controller", _read(tp.controller_log))
-    return "\n".join(out) + "\n"

@@ -6,7 +6,8 @@ tabs, then one row per trial: the candidate commit's short hash, val_bpb with 6 
 (keep, discard, crash, baseline) and a one-line description.
 
 Deliberate properties:
-- The ledger is the record; this file is derived from it and can be rebuilt (`rows_for`). The loop
+- The ledger is the record; this file is derived from it and can be rebuilt (`rows_for`), leaving
+  out control trials (canary rows: they are in the ledger only). The loop
   appends a row right after the ledger row, under the ledger's lock, so both files list trials in
   the same order, and `sync` appends whatever a crash between the two writes left out.
 - Appends hold a file lock, write one line with one `write()`, then flush and fsync.
@@ -167,9 +168,19 @@ class ResultsFile:
 class ResultRowSource(Protocol):
     """Anything that renders itself as a results.tsv row (the ledger's TrialRecord)."""
 
+    @property
+    def kind(self) -> str: ...
+
     def result_row(self) -> ResultRow: ...
 
 
+CONTROL_KINDS = frozenset({"canary"})
+
+
 def rows_for(records: Iterable[ResultRowSource]) -> list[ResultRow]:
-    """results.tsv rows derived from ledger records, in order."""
-    return [record.result_row() for record in records]
+    """results.tsv rows derived from ledger records, in order.
+
+    Control trials (the run canary, a known cheat) are left out: results.tsv lists experiments, and a
+    reference analysis script would plot a control's score (or its `0.000000`) as one of them.
+    """
+    return [record.result_row() for record in records if record.kind not in CONTROL_KINDS]

@@ -696,6 +696,10 @@ def load_program(validated: ValidatedArtifact, contract: Contract, device: str =
     """
     program = _deserialize(validated.program_json, validated.state_dict, validated.constants)
     check_ops(program)  # before anything is traced: only allow-listed ops ever run, even on fake tensors
+    # The retrace would capture and symbolize a Python stack trace for every node it creates (the
+    # evaluator's own frames, debugging metadata only): 15-20% of its CPU time. Off while it runs.
+    emit_stack_traces = torch.fx.config.do_not_emit_stack_traces
+    torch.fx.config.do_not_emit_stack_traces = True
     try:
         with warnings.catch_warnings():  # torch 2.13's own deprecation noise from deep-copying treespecs
             warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
@@ -704,6 +708,8 @@ def load_program(validated: ValidatedArtifact, contract: Contract, device: str =
         raise ArtifactRejected(
             "functionalize", f"the graph cannot be functionalized: {type(e).__name__}: {str(e)[:500]}"
         ) from e
+    finally:
+        torch.fx.config.do_not_emit_stack_traces = emit_stack_traces
     ops = check_ops(program)
     check_signature(program, contract)
     from torch.export.passes import move_to_device_pass

@@ -31,6 +31,8 @@ CONTAINER_OUT: Final = "/out"  # TRAIN: writable, size-capped
 CONTAINER_ARTIFACT: Final = "/artifact"  # EVAL: the TRAIN output, read-only
 CONTAINER_REPORT_DIR: Final = "/report"  # EVAL: small writable result channel
 CONTAINER_APP: Final = "/opt/autoresearch"  # prepare.py and sandbox/ live here in the trainer image
+# Every container command runs through the jail: a seccomp filter of the sandbox's own, then exec.
+JAIL: Final = ("python", "-I", "-S", f"{CONTAINER_APP}/sandbox/jail.py")
 CONTAINER_UID: Final = 65532
 CONTAINER_GID: Final = 65532
 
@@ -83,6 +85,7 @@ class Decision(StrEnum):
     DISCARD = "discard"
     CRASH = "crash"
     BASELINE = "baseline"
+    CANARY = "canary"  # a control trial (harness/canary.py): never judged, never in results.tsv
 
 
 RESULTS_TSV_COLUMNS: Final = ("commit", "val_bpb", "memory_gb", "status", "description")

@@ -7,7 +7,10 @@ One trial, in order:
     holder  `sleep infinity`; mounts both volumes read-only and keeps them mounted
     TRAIN   candidate train.py (ro), data train/ + tokenizer/ (ro), out volume rw at /out
     EVAL    `python -m sandbox.evaluate`; out volume ro at /artifact, data val/ + tokenizer/ (ro),
-            report volume rw at /report
+            report volume rw at /report. Created before TRAIN and started right after it (pre-warm):
+            it imports torch and warms up while TRAIN runs, then waits for a go file in its own /tmp,
+            which the controller creates (exec) only once TRAIN has exited; only then does it read
+            the validation data and the artifact.
     then every container and volume is removed, whatever happened.
 
 Why a holder: the output cap must be enforced by the kernel on every write (a tmpfs `size=`), not
@@ -30,6 +33,11 @@ Deliberate properties:
   candidate's own printout. It is the cgroup's peak: page cache and the output tmpfs included.
 - GPUs are passed only as explicit device ids from the spec's lease, never "all".
 - Infrastructure steps are retried (sandbox.retry); the candidate's run never is.
+- The pre-warmed evaluator shares nothing writable with TRAIN: it sees the output channel read-only
+  and reads neither it nor the validation data before the go, which comes after TRAIN's exit (the
+  moment the evaluator used to be started); its report channel is not mounted in TRAIN. It is a fresh
+  container and process per trial, its clock (`eval_timeout_s`, `eval_wall_s`) starts at the go, and
+  it touches no GPU before the go. When TRAIN ends without an artifact it is removed unused.
 """
 
 from __future__ import annotations
@@ -57,8 +65,8 @@ from docker.models.containers import Container
 from docker.models.volumes import Volume
 from docker.types import DeviceRequest, Mount
 
+from sandbox import audit, reaper, trialdir
 from sandbox import constants as C
-from sandbox import reaper, trialdir
 from sandbox.constants import Status
 from sandbox.limits import MiB
 from sandbox.retry import engine_errors, infra_retry
@@ -84,6 +92,8 @@ REPORT_MAX_INODES = 64
 HOLDER_MEM_MB = 64
 HOLDER_PIDS = 16
 REPORT_PATH = f"{C.CONTAINER_REPORT_DIR}/{C.REPORT_FILE}"
+EVAL_GO_FILE = "/tmp/autoresearch-eval-go"  # in the evaluator's private /tmp: created by exec after TRAIN
+_GO = f"open({EVAL_GO_FILE!r}, 'w').close()"
 RUNNING = frozenset({"created", "running", "restarting", "paused"})
 
 # Run in the holder (trusted code, the holder's read-only view of the output channel).
@@ -107,6 +117,23 @@ def connect(timeout_s: int = API_TIMEOUT_S) -> docker.DockerClient:
     return client
 
 
+def remapped_root(client: docker.DockerClient) -> tuple[int, int]:
+    """The host uid and gid that the engine maps container root to: (0, 0) without userns-remap.
+
+    A remapping engine says so in SecurityOptions ("name=userns") and keeps its data in
+    <data-root>/<uid>.<gid>, named after exactly these ids. Container uid N is then host uid uid+N (one
+    subordinate range, as `--userns-remap=default` creates; preflight's writes to /out prove it).
+    """
+    with engine_errors("reading the engine's configuration"):
+        info: dict[str, Any] = infra_retry(client.info)()
+    if not any("name=userns" in opt for opt in info.get("SecurityOptions") or []):
+        return 0, 0
+    uid, _, gid = Path(str(info.get("DockerRootDir") or "")).name.partition(".")
+    if not (uid.isdigit() and gid.isdigit()):
+        raise SandboxError(f"userns-remap engine with an unexpected data-root {info.get('DockerRootDir')!r}")
+    return int(uid), int(gid)
+
+
 def resolve_image(client: docker.DockerClient, ref: str = C.TRAINER_IMAGE) -> str:
     """The image's ID ("sha256:..."), which pins its content; raises ImageMissing when it is not built."""
     with engine_errors(f"resolving image {ref}"):
@@ -126,8 +153,10 @@ class DockerSandbox:
         image: str = C.TRAINER_IMAGE,
         data_dir: Path | None = None,
         reap_orphans: bool = True,
+        prewarm_eval: bool = True,
     ) -> None:
         self.client = client if client is not None else connect()
+        self.prewarm_eval = prewarm_eval  # start EVAL with TRAIN (see the module docstring)
         self.image_id = resolve_image(self.client, image)
         self.data_dir = data_dir
         if reap_orphans:
@@ -140,7 +169,18 @@ class DockerSandbox:
         with trialdir.trial_log(trial_dir / C.SANDBOX_LOG_FILE):
             data_dir = trialdir.resolve_data_dir(self.data_dir, spec.profile)
             candidate = trialdir.stage_candidate(spec.candidate, trial_dir)
-            trial = DockerTrial(self.client, self.image_id, spec, trial_dir, data_dir, candidate)
+            trail = audit.AuditTrail(trial_dir, spec.trial_id)
+            trail.start(spec, backend=self.name, images={"trainer": self.image_id})
+            trial = DockerTrial(
+                self.client,
+                self.image_id,
+                spec,
+                trial_dir,
+                data_dir,
+                candidate,
+                trail=trail,
+                prewarm_eval=self.prewarm_eval,
+            )
             logger.info(
                 "trial %s: image %s, data %s, limits %s", spec.trial_id, self.image_id, data_dir, spec.limits
             )
@@ -148,13 +188,14 @@ class DockerSandbox:
                 status, val_bpb, reason, report = trial.execute()
             except SandboxError as exc:
                 logger.error("trial %s: sandbox failure: %s", spec.trial_id, exc)
+                trail.infrastructure_error(exc)
                 raise
             finally:
                 teardown_start = time.monotonic()
                 trial.cleanup()
                 trial.timings["teardown_s"] = time.monotonic() - teardown_start
             trial.timings["total_s"] = time.monotonic() - started
-            return trialdir.finish(
+            verdict = trialdir.finish(
                 spec,
                 backend=self.name,
                 status=status,
@@ -167,6 +208,8 @@ class DockerSandbox:
                 logs=trial.logs,
                 report=report,
             )
+            trail.verdict(verdict)
+            return verdict
 
 
 @dataclass
@@ -176,6 +219,8 @@ class _Exit:
     sigterm_sent: bool
     sigkilled: bool
     wall_s: float
+    # signal -> (seconds after the start request, epoch time), as the controller sent it
+    signals: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -195,6 +240,9 @@ class DockerTrial:
     logs: dict[str, Path] = field(default_factory=dict)
     train_log: bytes = b""
     peak_memory_bytes: int | None = None
+    host_root: tuple[int, int] | None = None  # remapped_root(client), read once when a volume is made
+    trail: audit.AuditTrail | None = None  # audit.jsonl: where the trial's denials and exits are recorded
+    prewarm_eval: bool = True
 
     # ------------------------------------------------------------------ the trial
 
@@ -208,13 +256,25 @@ class DockerTrial:
             holder = self._holder(out, report_vol)
         with self._step("train_create"):
             train = self._create("train", self.train_config(out))
+        evaluator: Container | None = None
+        if self.prewarm_eval:
+            with self._step("eval_create"):
+                evaluator = self._create("eval", self._eval_config(out, report_vol))
         self.timings["setup_s"] = time.monotonic() - t0
 
         with engine_errors("running TRAIN"):
             watcher = _MemoryWatcher(train)
+
+            def on_train_start() -> None:
+                watcher.start()
+                if evaluator is not None:  # inside TRAIN's clock: its start-up overlaps the candidate's
+                    t = time.monotonic()
+                    infra_retry(evaluator.start)()
+                    self.timings["eval_start_s"] = time.monotonic() - t
+
             try:
                 ran = self._run(
-                    train, budget_s=limits.time_budget_s, grace_s=limits.kill_grace_s, on_start=watcher
+                    train, budget_s=limits.time_budget_s, grace_s=limits.kill_grace_s, on_start=on_train_start
                 )
             finally:
                 watcher.stop()
@@ -237,29 +297,38 @@ class DockerTrial:
             wall_s=ran.wall_s,
         )
         logger.info("TRAIN outcome: %s; output channel: %s", outcome, channel)
+        if self.trail is not None:
+            self.trail.train(outcome, limits, signals=ran.signals, name=self.container_name("train"))
         early = classify_train(outcome)
         if early is not None:
             return early[0], None, early[1], None
 
-        with self._step("eval_create"):
-            evaluator = self._create("eval", self._eval_config(out, report_vol))
-        with engine_errors("running EVAL"):
-            ev = self._run(evaluator, budget_s=limits.eval_timeout_s, grace_s=None)
+        if evaluator is None:
+            with self._step("eval_create"):
+                evaluator = self._create("eval", self._eval_config(out, report_vol))
+            with engine_errors("running EVAL"):
+                ev = self._run(evaluator, budget_s=limits.eval_timeout_s, grace_s=None)
+        else:
+            with self._step("eval_go"):
+                go_at = self._release(evaluator)
+            with engine_errors("running EVAL"):
+                ev = self._run(evaluator, budget_s=limits.eval_timeout_s, grace_s=None, started_at=go_at)
         self.timings["eval_wall_s"] = ev.wall_s
         with self._step("eval_logs"):
             self._keep_logs(evaluator, "eval", C.EVAL_LOG_FILE, C.EVAL_STATE_FILE)
         with self._step("report_fetch"):
             report, report_error = self._fetch_report(holder)
-        status, val_bpb, reason = classify_eval(
-            EvalOutcome(
-                exit_code=ev.exit_code,
-                oom_killed=ev.oom_killed,
-                timed_out=ev.sigkilled,
-                report=report,
-                report_error=report_error,
-                wall_s=ev.wall_s,
-            )
+        eval_outcome = EvalOutcome(
+            exit_code=ev.exit_code,
+            oom_killed=ev.oom_killed,
+            timed_out=ev.sigkilled,
+            report=report,
+            report_error=report_error,
+            wall_s=ev.wall_s,
         )
+        if self.trail is not None:
+            self.trail.eval(eval_outcome, limits, signals=ev.signals, name=self.container_name("eval"))
+        status, val_bpb, reason = classify_eval(eval_outcome)
         return status, val_bpb, reason, report
 
     @contextmanager
@@ -276,21 +345,28 @@ class DockerTrial:
         *,
         budget_s: float,
         grace_s: float | None,
-        on_start: _MemoryWatcher | None = None,
+        on_start: Callable[[], None] | None = None,
+        started_at: float | None = None,
     ) -> _Exit:
         """Start the container and keep the clock: SIGTERM at the budget, SIGKILL after the grace.
 
-        With `grace_s=None` the container gets SIGKILL at the budget directly (the evaluator).
+        With `grace_s=None` the container gets SIGKILL at the budget directly (the evaluator). With
+        `started_at`, the container is already running and its clock started then (the pre-warmed
+        evaluator: at its go).
         """
         role = container.labels.get(C.LABEL_ROLE, "?")
-        # The clock starts before the start request: the container's start-up counts against its budget.
-        start = time.monotonic()
-        infra_retry(container.start)()
-        self.timings[f"{role}_start_s"] = time.monotonic() - start
+        if started_at is None:
+            # The clock starts before the start request: the container's start-up counts against its budget.
+            start = time.monotonic()
+            infra_retry(container.start)()
+            self.timings[f"{role}_start_s"] = time.monotonic() - start
+        else:
+            start = started_at
         if on_start is not None:
-            on_start.start()
+            on_start()
         kill_at = budget_s if grace_s is None else budget_s + grace_s
         sigterm_sent = sigkilled = False
+        signals: dict[str, tuple[float, float]] = {}
         while True:
             infra_retry(container.reload)()
             if container.status not in RUNNING:
@@ -299,10 +375,12 @@ class DockerTrial:
             if grace_s is not None and not sigterm_sent and now >= budget_s:
                 sigterm_sent = self._signal(container, "SIGTERM")
                 if sigterm_sent:
+                    signals["SIGTERM"] = (now, time.time())
                     logger.info("%s: time budget %.1f s reached: SIGTERM", role, budget_s)
             if not sigkilled and now >= kill_at:
                 sigkilled = self._signal(container, "SIGKILL")
                 if sigkilled:
+                    signals["SIGKILL"] = (now, time.time())
                     logger.info("%s: %.1f s reached: SIGKILL", role, kill_at)
             if sigkilled and now >= kill_at + KILL_CONFIRM_S:
                 raise SandboxError(f"{container.name} still runs {KILL_CONFIRM_S:.0f} s after SIGKILL")
@@ -317,7 +395,7 @@ class DockerTrial:
         logger.info(
             "%s exited: code %s, OOMKilled %s, %.2f s", role, state["ExitCode"], state["OOMKilled"], wall
         )
-        return _Exit(exit_code, bool(state["OOMKilled"]), sigterm_sent, sigkilled, wall)
+        return _Exit(exit_code, bool(state["OOMKilled"]), sigterm_sent, sigkilled, wall, signals)
 
     @staticmethod
     def _signal(container: Container, sig: str) -> bool:
@@ -330,13 +408,40 @@ class DockerTrial:
             raise
         return True
 
+    def _release(self, evaluator: Container) -> float:
+        """Tell the pre-warmed evaluator that TRAIN is over (its go file); return when its clock starts.
+
+        The file is created by exec as the sandbox user in the evaluator's own /tmp, which nothing else
+        can write. An evaluator that already exited (it failed while preparing) gets no go; `_run` then
+        reports its exit as it is.
+        """
+        go_at = time.monotonic()
+        uid = f"{self.spec.limits.uid}:{self.spec.limits.gid}"
+        try:
+            result = infra_retry(evaluator.exec_run)(["python", "-I", "-S", "-c", _GO], user=uid)
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409:  # not running any more
+                logger.warning("the evaluator exited before its go")
+                return go_at
+            raise
+        if result.exit_code != 0:
+            raise SandboxError(
+                f"could not release the evaluator (exit {result.exit_code}): {result.output!r}"
+            )
+        return go_at
+
     # ------------------------------------------------------------------ engine objects
 
     def container_name(self, role: str) -> str:
         return f"ar-{self.spec.trial_id}-{self.nonce}-{role}"
 
     def volume(self, role: str, size_mb: int, inodes: int) -> Volume:
-        opts = f"size={size_mb}m,nr_inodes={inodes},uid={self.spec.limits.uid},gid={self.spec.limits.gid},mode=0700"
+        # The engine mounts the tmpfs on the host, outside any user namespace: under userns-remap its
+        # owner must be the host ids the container's uid:gid map to, or TRAIN cannot write its output.
+        if self.host_root is None:
+            self.host_root = remapped_root(self.client)
+        uid, gid = self.spec.limits.uid + self.host_root[0], self.spec.limits.gid + self.host_root[1]
+        opts = f"size={size_mb}m,nr_inodes={inodes},uid={uid},gid={gid},mode=0700"
         volume: Volume = infra_retry(self.client.volumes.create)(
             name=self.container_name(role),
             driver="local",
@@ -400,7 +505,7 @@ class DockerTrial:
         limits = self.spec.limits
         config = limits.common_docker_kwargs(mem_limit_mb=limits.mem_limit_mb)
         config |= {
-            "command": ["python", C.CONTAINER_CANDIDATE],
+            "command": [*C.JAIL, "python", C.CONTAINER_CANDIDATE],
             "environment": self._env() | {C.ENV_OUT: C.CONTAINER_OUT},
             "mounts": [
                 Mount(C.CONTAINER_CANDIDATE, str(self.candidate), "bind", read_only=True),
@@ -425,6 +530,7 @@ class DockerTrial:
             mounts.append(self._data(C.DATA_MANIFEST_FILE))
         config |= {
             "command": [
+                *C.JAIL,
                 "python",
                 "-m",
                 "sandbox.evaluate",
@@ -438,6 +544,7 @@ class DockerTrial:
                 C.CONTAINER_DATA,
                 "--device",
                 "cuda" if self.spec.gpu_ids else "cpu",
+                *(["--wait-for", EVAL_GO_FILE] if self.prewarm_eval else []),
             ],
             "environment": self._env(),
             "working_dir": C.CONTAINER_APP,

@@ -10,7 +10,9 @@ Deliberate properties:
   atomically (`os.replace`), so concurrent processes never see a half-written table and never hand
   the same device to two holders.
 - Conflicts are computed on *atoms* (a GPU id, or each single CPU of a cpuset), not on names: a
-  lease on cpuset "0-3" blocks a later request for "2-5" even though the strings differ.
+  lease on cpuset "0-3" blocks a later request for "2-5" even though the strings differ. Each row
+  records its kind, so one host table serves GPU and cpuset leases (`--workers N`: a GPU per worker
+  on the gpu profile, a cpuset per worker otherwise) and GPU "0" never blocks CPU 0.
 - A lease is released on every exit path of its `with` block (exception, KeyboardInterrupt). A
   process that dies without releasing (SIGKILL, power loss of the controller) leaves a stale row;
   the next acquirer reclaims it when the holder's pid is gone or belongs to a different process now
@@ -74,6 +76,7 @@ class LeaseRecord(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     resource: str
+    kind: str = "gpu"  # "gpu" | "cpuset": one table may hold both (rows of earlier versions are GPUs)
     owner: str
     pid: int = Field(gt=0)
     start_time: int | None = None  # the holder's start time in clock ticks since boot (Linux /proc)
@@ -236,6 +239,11 @@ class Lease:
     def released(self) -> bool:
         return self._released
 
+    @property
+    def kind(self) -> str:
+        """What the resources are: "gpu" (device ids) or "cpuset" (cpuset strings)."""
+        return self._table.kind
+
     def release(self) -> None:
         """Give the resources back. Idempotent."""
         if not self._released:
@@ -294,9 +302,9 @@ class _Leases:
             time.sleep(poll_s)
 
     def holders(self) -> dict[str, str]:
-        """Resource -> owner of every live lease (stale rows are reported, not removed, here)."""
+        """Resource -> owner of every lease of this kind (stale rows are reported, not removed, here)."""
         with self._locked():
-            return {r.resource: r.owner for r in self._read().leases}
+            return {r.resource: r.owner for r in self._read().leases if r.kind == self.kind}
 
     def _try_acquire(self, owner: str, count: int) -> Lease | None:
         with self._locked():
@@ -304,7 +312,8 @@ class _Leases:
             table = self._reclaim(before)
             held: set[str] = set()
             for record in table.leases:
-                held |= self.atoms(record.resource)
+                if record.kind == self.kind:  # GPU "0" and cpuset "0" are different things
+                    held |= self.atoms(record.resource)
             chosen: list[str] = []
             for resource in self.resources:
                 atoms = self.atoms(resource)
@@ -323,7 +332,13 @@ class _Leases:
             start = _process_start_time(pid)
             new = tuple(
                 LeaseRecord(
-                    resource=r, owner=owner, pid=pid, start_time=start, host=self._host, acquired_at=now
+                    resource=r,
+                    kind=self.kind,
+                    owner=owner,
+                    pid=pid,
+                    start_time=start,
+                    host=self._host,
+                    acquired_at=now,
                 )
                 for r in chosen
             )
@@ -339,6 +354,7 @@ class _Leases:
                 for r in table.leases
                 if not (
                     r.resource in lease.resources
+                    and r.kind == self.kind
                     and r.pid == pid
                     and r.owner == lease.owner
                     and r.host == self._host

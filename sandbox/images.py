@@ -700,6 +700,8 @@ def build_images(
     trainer_args = {
         "BASE_IMAGE": base,
         "APT_PACKAGES": " ".join(apt),
+        # torch's C++ headers serve only a compiler: without the toolchain they are dead weight (62 MB).
+        "TORCH_HEADERS": "keep" if opts.wants_toolchain else "drop",
         "APP_DIR": C.CONTAINER_APP,
         "APP_UID": str(C.CONTAINER_UID),
         "APP_GID": str(C.CONTAINER_GID),

@@ -26,12 +26,12 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from sandbox import audit, trialdir
 from sandbox import constants as C
-from sandbox import trialdir
 from sandbox.constants import Status
 from sandbox.limits import MiB
 from sandbox.verdict import (
@@ -73,69 +73,89 @@ class LocalSandbox:
 
     def run_trial(self, spec: TrialSpec) -> Verdict:
         started = time.monotonic()
-        limits = spec.limits
         trial_dir = spec.trial_dir.resolve()
         trial_dir.mkdir(parents=True, exist_ok=True)
-        timings: dict[str, float] = {}
-        logs: dict[str, Path] = {}
         with trialdir.trial_log(trial_dir / C.SANDBOX_LOG_FILE):
             data_dir = trialdir.resolve_data_dir(self.data_dir, spec.profile)
             candidate = trialdir.stage_candidate(spec.candidate, trial_dir)
-            work = trial_dir / WORK_DIRNAME
-            shutil.rmtree(work, ignore_errors=True)
-            out, home, view = work / "out", work / "home", work / "data"
-            for folder in (out, home, view):
-                folder.mkdir(parents=True)
-            out.chmod(0o700)
-            for name in (C.TRAIN_DIRNAME, C.TOKENIZER_DIRNAME):  # never val/: same view as TRAIN's mounts
-                (view / name).symlink_to(data_dir / name, target_is_directory=True)
-            env = self._env(spec, home, view) | {C.ENV_OUT: str(out)}
-            timings["setup_s"] = time.monotonic() - started
+            trail = audit.AuditTrail(trial_dir, spec.trial_id)
+            trail.start(spec, backend=self.name)
+            try:
+                verdict = self._run_trial(spec, trial_dir, data_dir, candidate, trail, started)
+            except SandboxError as exc:
+                trail.infrastructure_error(exc)
+                raise
+            trail.verdict(verdict)
+            return verdict
 
-            train = _run(
-                [self.python, str(candidate)],
-                env=env,
-                cwd=work,
-                budget_s=limits.time_budget_s,
-                grace_s=limits.kill_grace_s,
-                log_limit=limits.log_limit_bytes,
-            )
-            timings["train_wall_s"] = train.wall_s
-            logs["train"] = trial_dir / C.TRAIN_LOG_FILE
-            logs["train"].write_bytes(train.log)
-            used, artifact = _output_usage(out)
-            outcome = TrainOutcome(
-                exit_code=train.exit_code,
-                sigterm_sent=train.sigterm_sent,
-                sigkilled=train.sigkilled,
-                output_full=used >= limits.output_limit_mb * MiB,
-                artifact_present=artifact,
-                wall_s=train.wall_s,
-            )
-            logger.info("TRAIN outcome: %s; output bytes %d", outcome, used)
-            report: dict[str, Any] | None = None
-            early = classify_train(outcome)
-            if early is not None:
-                status, val_bpb, reason = early[0], None, early[1]
-            else:
-                status, val_bpb, reason, report = self._evaluate(spec, out, home, data_dir, timings, logs)
-            teardown_start = time.monotonic()
-            shutil.rmtree(out, ignore_errors=True)  # the artifact is the evaluator's input, not a record
-            timings["teardown_s"] = time.monotonic() - teardown_start
-            timings["total_s"] = time.monotonic() - started
-            return trialdir.finish(
-                spec,
-                backend=self.name,
-                status=status,
-                val_bpb=val_bpb,
-                reason=reason,
-                train_log=train.log,
-                timings=timings,
-                peak_memory_bytes=train.peak_rss_bytes,
-                images={},
-                logs=logs,
-                report=report,
-            )
+    def _run_trial(
+        self,
+        spec: TrialSpec,
+        trial_dir: Path,
+        data_dir: Path,
+        candidate: Path,
+        trail: audit.AuditTrail,
+        started: float,
+    ) -> Verdict:
+        limits = spec.limits
+        timings: dict[str, float] = {}
+        logs: dict[str, Path] = {}
+        work = trial_dir / WORK_DIRNAME
+        shutil.rmtree(work, ignore_errors=True)
+        out, home, view = work / "out", work / "home", work / "data"
+        for folder in (out, home, view):
+            folder.mkdir(parents=True)
+        out.chmod(0o700)
+        for name in (C.TRAIN_DIRNAME, C.TOKENIZER_DIRNAME):  # never val/: same view as TRAIN's mounts
+            (view / name).symlink_to(data_dir / name, target_is_directory=True)
+        env = self._env(spec, home, view) | {C.ENV_OUT: str(out)}
+        timings["setup_s"] = time.monotonic() - started
+
+        train = _run(
+            [self.python, str(candidate)],
+            env=env,
+            cwd=work,
+            budget_s=limits.time_budget_s,
+            grace_s=limits.kill_grace_s,
+            log_limit=limits.log_limit_bytes,
+        )
+        timings["train_wall_s"] = train.wall_s
+        logs["train"] = trial_dir / C.TRAIN_LOG_FILE
+        logs["train"].write_bytes(train.log)
+        used, artifact = _output_usage(out)
+        outcome = TrainOutcome(
+            exit_code=train.exit_code,
+            sigterm_sent=train.sigterm_sent,
+            sigkilled=train.sigkilled,
+            output_full=used >= limits.output_limit_mb * MiB,
+            artifact_present=artifact,
+            wall_s=train.wall_s,
+        )
+        logger.info("TRAIN outcome: %s; output bytes %d", outcome, used)
+        trail.train(outcome, limits, signals=train.signals)
+        report: dict[str, Any] | None = None
+        early = classify_train(outcome)
+        if early is not None:
+            status, val_bpb, reason = early[0], None, early[1]
+        else:
+            status, val_bpb, reason, report = self._evaluate(spec, out, home, data_dir, timings, logs, trail)
+        teardown_start = time.monotonic()
+        shutil.rmtree(out, ignore_errors=True)  # the artifact is the evaluator's input, not a record
+        timings["teardown_s"] = time.monotonic() - teardown_start
+        timings["total_s"] = time.monotonic() - started
+        return trialdir.finish(
+            spec,
+            backend=self.name,
+            status=status,
+            val_bpb=val_bpb,
+            reason=reason,
+            train_log=train.log,
+            timings=timings,
+            peak_memory_bytes=train.peak_rss_bytes,
+            images={},
+            logs=logs,
+            report=report,
+        )
 
     def _evaluate(
         self,
@@ -145,6 +165,7 @@ class LocalSandbox:
         data_dir: Path,
         timings: dict[str, float],
         logs: dict[str, Path],
+        trail: audit.AuditTrail,
     ) -> tuple[Status, float | None, str, dict[str, Any] | None]:
         """EVAL as a host process: the evaluator's command line as in the container, the full data dir."""
         limits = spec.limits
@@ -165,15 +186,15 @@ class LocalSandbox:
         logs["eval"].write_bytes(ev.log)
         logs["report"] = report_path
         report, report_error = _read_report(report_path, limits.report_limit_mb * MiB)
-        status, val_bpb, reason = classify_eval(
-            EvalOutcome(
-                exit_code=ev.exit_code,
-                timed_out=ev.sigkilled,
-                report=report,
-                report_error=report_error,
-                wall_s=ev.wall_s,
-            )
+        outcome = EvalOutcome(
+            exit_code=ev.exit_code,
+            timed_out=ev.sigkilled,
+            report=report,
+            report_error=report_error,
+            wall_s=ev.wall_s,
         )
+        trail.eval(outcome, limits, signals=ev.signals)
+        status, val_bpb, reason = classify_eval(outcome)
         return status, val_bpb, reason, report
 
     def _env(self, spec: TrialSpec, home: Path, data: Path) -> dict[str, str]:
@@ -199,6 +220,8 @@ class _Process:
     wall_s: float
     log: bytes
     peak_rss_bytes: int | None
+    # signal -> (seconds after the start, epoch time), as the controller sent it
+    signals: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 def _run(
@@ -222,6 +245,7 @@ def _run(
     start = time.monotonic()
     kill_at = budget_s if grace_s is None else budget_s + grace_s
     sigterm_sent = sigkilled = False
+    signals: dict[str, tuple[float, float]] = {}
     peak_rss: int | None = None
     try:
         while True:
@@ -237,9 +261,11 @@ def _run(
             if grace_s is not None and not sigterm_sent and now >= budget_s:
                 os.kill(proc.pid, signal.SIGTERM)  # the candidate only, as docker-init forwards it
                 sigterm_sent = True
+                signals["SIGTERM"] = (now, time.time())
             if not sigkilled and now >= kill_at:
                 _killpg(proc.pid)
                 sigkilled = True
+                signals["SIGKILL"] = (now, time.time())
             time.sleep(POLL_S)
     except BaseException:  # an interrupted controller takes the process group down before unwinding
         _killpg(proc.pid)
@@ -256,6 +282,7 @@ def _run(
         wall_s=wall,
         log=reader.text(),
         peak_rss_bytes=peak_rss,
+        signals=signals,
     )
 
 

@@ -146,6 +146,8 @@ class PreflightResult(BaseModel):
     default_runtime: str
     runtimes: tuple[str, ...]
     userns_remap: bool
+    # /proc/self/uid_map seen inside the TRAIN probe: (first uid inside, first uid on the host, count)
+    uid_map: tuple[tuple[int, int, int], ...] = ()
     engine_version: str
     cgroup_version: str
     image: str
@@ -187,8 +189,14 @@ def section(name, fn):
         OBS[name] = {"probe_error": type(e).__name__ + ": " + str(e)}
 
 def identity():
-    return {"uid": os.getuid(), "euid": os.geteuid(), "gid": os.getgid(), "egid": os.getegid(),
-            "groups": os.getgroups()}
+    out = {"uid": os.getuid(), "euid": os.geteuid(), "gid": os.getgid(), "egid": os.getegid(),
+           "groups": os.getgroups()}
+    try:  # the kernel's own statement of which host uids this user namespace's uids are
+        with open("/proc/self/uid_map") as f:
+            out["uid_map"] = [[int(x) for x in line.split()] for line in f if line.strip()]
+    except (OSError, ValueError) as e:
+        out["uid_map"] = "error:" + type(e).__name__
+    return out
 
 def status():
     keys = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp")
@@ -682,9 +690,8 @@ def run_preflight(
     checks = judge_all(observed, limits)
     host_config = observed.probe_attrs.get("HostConfig") or {}
     runtime = str(host_config.get("Runtime") or info.get("DefaultRuntime") or "runc")
-    userns = any("name=userns" in opt for opt in info.get("SecurityOptions") or []) and (
-        host_config.get("UsernsMode") != "host"
-    )
+    uid_map = _uid_map(observed.probe)
+    userns = userns_remapped(info, host_config, uid_map)
     if runtime == "runsc":
         tier = HardeningTier.RUNSC
     elif userns:
@@ -698,6 +705,7 @@ def run_preflight(
         default_runtime=str(info.get("DefaultRuntime") or ""),
         runtimes=runtimes,
         userns_remap=userns,
+        uid_map=uid_map,
         engine_version=str(info.get("ServerVersion") or ""),
         cgroup_version=str(info.get("CgroupVersion") or ""),
         image=image,
@@ -708,6 +716,34 @@ def run_preflight(
     for check in checks:
         (logger.info if check.passed else logger.error)("%s: %s", check.name, check.detail)
     return result
+
+
+def _uid_map(probe: dict[str, Any]) -> tuple[tuple[int, int, int], ...]:
+    """The TRAIN probe's /proc/self/uid_map as (inside, host, count) rows; () when it could not read it."""
+    raw = (probe.get("identity") or {}).get("uid_map") if isinstance(probe.get("identity"), dict) else None
+    if not isinstance(raw, list):
+        return ()
+    try:
+        return tuple((int(a), int(b), int(n)) for a, b, n in raw)
+    except (TypeError, ValueError):
+        return ()
+
+
+def userns_remapped(
+    info: dict[str, Any], host_config: dict[str, Any], uid_map: tuple[tuple[int, int, int], ...]
+) -> bool:
+    """The TRAIN container really ran in a remapped user namespace: the engine says so ("name=userns" in
+    SecurityOptions, and the container did not opt out with UsernsMode "host") AND the kernel agrees:
+    the container's uid_map sends its uid 0 to a host uid other than 0. The engine's word alone is a
+    claim; the identity map "0 0 4294967295" means no remapping whatever the engine says.
+    """
+    claimed = any("name=userns" in opt for opt in info.get("SecurityOptions") or [])
+    claimed = claimed and host_config.get("UsernsMode") != "host"
+    root_on_host = [host for inside, host, count in uid_map if inside == 0 and count > 0]
+    observed = bool(root_on_host) and root_on_host[0] != 0
+    if claimed != observed:
+        logger.warning("userns-remap: the engine says %s, the container's uid_map is %s", claimed, uid_map)
+    return claimed and observed
 
 
 def _probe_params(
@@ -1368,8 +1404,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def format_table(result: PreflightResult) -> str:
     width = max(len(c.name) for c in result.checks)
     failed = [c for c in result.checks if not c.passed]
+    remap = ""
+    if result.tier is HardeningTier.USERNS_REMAP and result.uid_map:
+        inside, host, count = result.uid_map[0]
+        remap = f", uids {inside}-{inside + count - 1} = host {host}-{host + count - 1}"
     lines = [
-        f"preflight: profile {result.profile}, runtime {result.runtime} (tier: {result.tier.value}), "
+        f"preflight: profile {result.profile}, runtime {result.runtime} (tier: {result.tier.value}{remap}), "
         f"engine {result.engine_version}, cgroup v{result.cgroup_version}",
         f"image {result.image} ({result.image_id[:19]})",
         "",

@@ -115,12 +115,20 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor, where: torch.Tensor | None = Non
 
 
 def run_probes(
-    fn: LogitsFn, x: torch.Tensor, plan: ProbePlan, vocab_size: int, low_precision_eps: float
+    fn: LogitsFn,
+    x: torch.Tensor,
+    plan: ProbePlan,
+    vocab_size: int,
+    low_precision_eps: float,
+    *,
+    on_reference: Callable[[torch.Tensor], None] | None = None,
 ) -> tuple[dict[str, ProbeResult], dict[str, float]]:
     """Run every probe on the batch ``x`` (B, T) int64; return results and the measured max deviations.
 
     A probe that cannot be evaluated because an earlier one showed the logits unusable (non-finite) is
-    reported as not passed with that reason, so the first failure names the cause.
+    reported as not passed with that reason, so the first failure names the cause. ``on_reference``
+    gets the logits of the reference pass (the first call, on ``x`` unchanged), e.g. to score that batch
+    with them instead of running it once more.
     """
     results: dict[str, ProbeResult] = {}
     measured: dict[str, float] = {}
@@ -132,6 +140,8 @@ def run_probes(
         return torch.randint(0, vocab_size, shape, generator=gen).to(device)
 
     ref_logits = fn(x)
+    if on_reference is not None:
+        on_reference(ref_logits)
     finite = bool(torch.isfinite(ref_logits).all())
     results["finite"] = ProbeResult(
         finite, "all logits finite" if finite else "the graph produced NaN or inf logits"

@@ -148,6 +148,7 @@ def finish(
                 | {
                     "candidate": spec.trial_dir / C.CANDIDATE_FILE,
                     "sandbox": spec.trial_dir / C.SANDBOX_LOG_FILE,
+                    "audit": spec.trial_dir / C.AUDIT_FILE,
                 }
             ).items()
             if path.exists()

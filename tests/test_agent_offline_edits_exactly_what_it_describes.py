@@ -21,8 +21,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from harness.agents import AgentContext, AgentFatal, AgentSettings, HistoryRow, Proposal
+from harness.agents import AgentContext, AgentFatal, HistoryRow, Proposal
 from harness.agents.offline import OfflineAgent, parse_changes
+from tests.offline_runs import simulate_run
 
 TRAIN_PY = (Path(__file__).resolve().parents[1] / "train.py").read_text()
 NOT_HYPERPARAMETERS = {"SEED", "EXPORT_RESERVE_S", "LOG_EVERY_S", "TIME_BUDGET", "MAX_SEQ_LEN", "VOCAB_SIZE"}
@@ -139,23 +140,11 @@ def check_proposal(before: str, proposal: Proposal, profile: str) -> None:
 
 
 def run_proposals(source: str, profile: str, n: int, seed: int = 0, *, check: bool = True) -> list[Proposal]:
-    """n proposals as a run would ask for them: every fourth one kept (the next starts from it)."""
-    agent = OfflineAgent(AgentSettings(seed=seed))
-    history: list[HistoryRow] = []
+    """n proposals as a run would ask for them, each checked against the source it edited."""
     proposals = []
-    for i in range(n):
-        ctx = AgentContext(
-            program="", train_py=source, trial_index=i, history=tuple(history), profile=profile
-        )
-        proposal = agent.propose(ctx)
+    for edited, proposal in simulate_run(source, profile, n, seed):
         if check:
-            check_proposal(source, proposal, profile)
-        decision = "keep" if i % 4 == 3 else "discard"
-        history.append(
-            HistoryRow(trial_id=f"t{i:04d}", status="ok", decision=decision, description=proposal.description)
-        )
-        if decision == "keep":
-            source = proposal.train_py
+            check_proposal(edited, proposal, profile)
         proposals.append(proposal)
     return proposals
 

@@ -18,8 +18,8 @@ from types import SimpleNamespace
 import pytest
 
 import prepare
-from harness.agents import AgentContext, AgentSettings, HistoryRow, Proposal
-from harness.agents.offline import OfflineAgent, parse_changes
+from harness.agents.offline import parse_changes
+from tests.offline_runs import simulate_run
 
 TRAIN_PY = (Path(__file__).resolve().parents[1] / "train.py").read_text()
 
@@ -41,26 +41,6 @@ def batch_sizes(source: str, profile: str) -> tuple[object, object]:
     return env.get("TOTAL_BATCH_SIZE"), env.get("DEVICE_BATCH_SIZE")
 
 
-def run_proposals(source: str, profile: str, n: int) -> list[tuple[str, Proposal]]:
-    """(source it edited, proposal) for n trials of a run: every fourth kept, the next starts from it."""
-    agent = OfflineAgent(AgentSettings(seed=0))
-    history: list[HistoryRow] = []
-    out = []
-    for i in range(n):
-        ctx = AgentContext(
-            program="", train_py=source, trial_index=i, history=tuple(history), profile=profile
-        )
-        proposal = agent.propose(ctx)
-        out.append((source, proposal))
-        decision = "keep" if i % 4 == 3 else "discard"
-        history.append(
-            HistoryRow(trial_id=f"t{i:04d}", status="ok", decision=decision, description=proposal.description)
-        )
-        if decision == "keep":
-            source = proposal.train_py
-    return out
-
-
 def test_the_real_train_py_still_states_the_rule_this_file_checks() -> None:
     plain = re.sub(r"\s+", " ", TRAIN_PY)
     assert "tokens_per_micro_step = DEVICE_BATCH_SIZE * MAX_SEQ_LEN" in plain
@@ -74,7 +54,7 @@ def test_two_hundred_proposals_on_the_real_train_py_keep_the_batch_valid(profile
     assert isinstance(total, int) and isinstance(device, int)
     assert total % (device * max_seq_len) == 0, "the baseline itself must satisfy the rule"
 
-    proposals = run_proposals(TRAIN_PY, profile, 200)
+    proposals = simulate_run(TRAIN_PY, profile, 200)
 
     batch_moves = 0
     for _, proposal in proposals:
@@ -89,7 +69,7 @@ def test_two_hundred_proposals_on_the_real_train_py_keep_the_batch_valid(profile
 def test_a_train_py_that_already_breaks_the_rule_still_gets_proposals() -> None:
     source = "TOTAL_BATCH_SIZE = 1000  # not a multiple of 8 * 256\nDEVICE_BATCH_SIZE = 8\nMATRIX_LR = 0.04\n"
 
-    proposals = run_proposals(source, "tiny", 10)
+    proposals = simulate_run(source, "tiny", 10)
 
     assert len({p.description for _, p in proposals}) == 10
 
@@ -97,6 +77,6 @@ def test_a_train_py_that_already_breaks_the_rule_still_gets_proposals() -> None:
 def test_without_a_total_batch_knob_the_device_batch_moves_freely() -> None:
     source = "DEVICE_BATCH_SIZE = 8  # rows per step\n"
 
-    descriptions = {p.description for _, p in run_proposals(source, "tiny", 2)}
+    descriptions = {p.description for _, p in simulate_run(source, "tiny", 2)}
 
     assert descriptions == {"DEVICE_BATCH_SIZE 8 -> 16", "DEVICE_BATCH_SIZE 8 -> 4"}

@@ -63,3 +63,15 @@ def test_a_file_added_after_the_start_is_not_replayed(tmp_path: Path) -> None:
     assert agent.propose(context(0)).train_py == "A = 1\n"
     with pytest.raises(AgentExhausted):
         agent.propose(context(1))
+
+
+def test_a_resumed_run_continues_after_the_files_it_already_recorded(tmp_path: Path) -> None:
+    for i in range(1, 5):
+        (tmp_path / f"{i}_step.py").write_text(f"STEP = {i}\n")
+    agent = ReplayAgent(tmp_path)  # a fresh agent, as after a restart; the run holds 2 candidates
+
+    resumed = [agent.propose(context(i)).train_py for i in (2, 3)]
+
+    assert resumed == ["STEP = 3\n", "STEP = 4\n"]
+    with pytest.raises(AgentExhausted):
+        agent.propose(context(4))

@@ -5,12 +5,17 @@ Four processes append fifty rows each, started together behind a barrier. Rows o
 append's read-hash-write window enough that, with the lock removed, the appends do collide (two
 rows with one index, or a torn line): this test fails without the lock. The processes are forked
 for a fast start; each builds its own Ledger and FileLock, as separate controllers would.
+
+`--workers N` runs its workers as threads of one controller, sharing one Ledger and one
+ResultsFile object: the second test runs the same appends from four threads through one of each.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
+import threading
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +27,10 @@ ROWS = 50
 
 
 def _worker(folder: str, worker: int, barrier: Any) -> None:
-    ledger = Ledger(Path(folder) / "ledger.jsonl")
-    results = ResultsFile(Path(folder) / "results.tsv")
+    _append(Ledger(Path(folder) / "ledger.jsonl"), ResultsFile(Path(folder) / "results.tsv"), worker, barrier)
+
+
+def _append(ledger: Ledger, results: ResultsFile, worker: int, barrier: Any) -> None:
     barrier.wait()
     for i in range(ROWS):
         ledger.append({"worker": worker, "seq": i, "description": f"w{worker}-{i} " + "x" * 50_000})
@@ -49,7 +56,21 @@ def test_four_processes_fifty_rows_each(tmp_path: Path) -> None:
     for p in procs:
         p.join(timeout=120)
     assert [p.exitcode for p in procs] == [0] * PROCS
+    _check(tmp_path)
 
+
+def test_four_threads_sharing_one_ledger_object(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "ledger.jsonl")
+    results = ResultsFile(tmp_path / "results.tsv")
+    barrier = threading.Barrier(PROCS)
+    with ThreadPoolExecutor(max_workers=PROCS) as pool:
+        futures = [pool.submit(_append, ledger, results, w, barrier) for w in range(PROCS)]
+        for future in futures:
+            future.result(timeout=120)  # re-raises a thread's failure
+    _check(tmp_path)
+
+
+def _check(tmp_path: Path) -> None:
     result = verify(tmp_path / "ledger.jsonl")
     assert result.ok, result.bad
     assert result.rows == PROCS * ROWS

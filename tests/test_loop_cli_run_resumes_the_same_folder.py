@@ -73,19 +73,21 @@ def test_run_defaults_to_runs_profile_agent_and_resumes(
     assert first == ["t0000", "t0001", "t0002", "t0003", "t0004"]  # 3 baseline runs, 2 candidates
     assert (run_dir / "report.md").is_file() and (run_dir / "progress.png").is_file()
 
-    # The same command with a higher limit resumes: the replay folder starts over (three new
-    # candidates from its three files); ids continue and the recorded history is untouched.
+    # The same command with a higher limit resumes: the replay agent goes on with the one file it had
+    # not played (the run holds two candidates), then has nothing left; ids continue and the
+    # recorded history is untouched.
     assert run("--max-trials", "5") == 0
     err = capsys.readouterr().err
     assert "(resuming)" in err
     records = Ledger(run_dir / "ledger.jsonl").records()
-    assert [r.trial_id for r in records] == [f"t{i:04d}" for i in range(8)]
+    assert [r.trial_id for r in records] == [f"t{i:04d}" for i in range(6)]
     assert [r.trial_id for r in records[:5]] == first
+    assert records[5].description == "worse"  # the third file, not the first one again
     assert verify(run_dir).ok
-    assert "stopped: max_trials reached: 5 candidate trials of 5" in err
+    assert "the agent has nothing left to propose" in err
 
     assert main(["status"]) == 0  # the only run folder under runs/
-    assert "t0007" in capsys.readouterr().out
+    assert "t0005" in capsys.readouterr().out
 
 
 def test_run_with_max_trials_already_reached_does_nothing_more(

@@ -100,7 +100,7 @@ def test_token_bytes_add_up_to_the_utf8_size_of_the_text(tiny_data: Path) -> Non
     assert token_bytes.shape == (TINY.vocab_size,)
     assert int(token_bytes[BOS]) == 0
     assert bool((token_bytes[1:257] >= 1).all())  # every byte is a token
-    _, val = prepare.split_corpus(prepare.generate_corpus())
+    val = prepare.val_documents(tiny_data)
     stream = torch.from_numpy(
         np.concatenate(prepare.load_split_tokens(VAL_DIRNAME, tiny_data)).astype(np.int64)
     )

@@ -1,11 +1,15 @@
-"""The tiny corpus is the same bytes on every machine, pinned by SHA-256, and worth learning.
+"""The tiny corpus's train documents are the same bytes on every machine, pinned by SHA-256, and worth
+learning; its secret val documents come from the same distribution.
 
-Scores from two machines (or two Python versions) are only comparable if the data is identical. The
-corpus is generated, so these tests pin its SHA-256, check the PRNG against the published splitmix64
-test vector, rerun the generator in a fresh interpreter with a different hash seed, and make sure
-prepare() refuses a generator whose output drifted from the pin. They also check that the text has
-the structure a model can learn beyond unigram statistics: size, vocabulary, varied document lengths,
-and facts (a town's founding year, a person's age) that never contradict each other.
+Scores from two machines (or two Python versions) are only comparable if the training data is identical
+and the val documents are drawn from the same distribution. The corpus is generated, so these tests pin
+the SHA-256 of the public corpus and of the train split taken from it, check the PRNG against the
+published splitmix64 test vector, rerun the generator in a fresh interpreter with a different hash seed,
+and make sure prepare() refuses a generator whose output drifted from a pin, including a stored val seed
+that no longer gives the val split it recorded. They also check that the text has the structure a model
+can learn beyond unigram statistics: size, vocabulary, varied document lengths, and facts (a town's
+founding year, a person's age) that never contradict each other, across train and a val draw alike (the
+val split shares the public corpus's cast of people; a val split with its own cast would contradict).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import collections
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -41,26 +46,53 @@ def test_splitmix64_matches_the_reference_test_vector() -> None:
     ]
 
 
-def test_generated_corpus_matches_the_pinned_sha256(docs: list[str]) -> None:
+@pytest.fixture(scope="module")
+def val_draw(docs: list[str]) -> list[str]:
+    """A val split as prepare draws one, from a fixed seed here (prepare's own seed is secret)."""
+    return prepare.generate_val(0xC0FFEE, public=docs)
+
+
+def test_generated_corpus_and_train_split_match_their_pinned_sha256(docs: list[str]) -> None:
     assert prepare.corpus_sha256(docs) == prepare.CORPUS_SHA256
+    train, retired = prepare.split_corpus(docs)
+    assert prepare.train_documents(docs) == train
+    assert prepare.corpus_sha256(train) == prepare.CORPUS_TRAIN_SHA256
+    assert len(retired) == len(docs) // prepare.CORPUS_RETIRED_EVERY
 
 
-def test_generation_is_deterministic_across_interpreters() -> None:
-    code = "import prepare; print(prepare.corpus_sha256(prepare.generate_corpus()))"
+def test_generation_is_deterministic_across_interpreters(val_draw: list[str]) -> None:
+    code = (
+        "import prepare; print(prepare.corpus_sha256(prepare.train_documents()), "
+        "prepare.corpus_sha256(prepare.generate_val(0xC0FFEE)))"
+    )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True
     )
-    assert out.stdout.strip() == prepare.CORPUS_SHA256
+    assert out.stdout.split() == [prepare.CORPUS_TRAIN_SHA256, prepare.corpus_sha256(val_draw)]
 
 
+@pytest.mark.parametrize("pin", ["CORPUS_SHA256", "CORPUS_TRAIN_SHA256"])
 def test_prepare_refuses_a_corpus_that_drifted_from_the_pin(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    pin: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(prepare, "CORPUS_SHA256", "0" * 64)
+    monkeypatch.setattr(prepare, pin, "0" * 64)
     with pytest.raises(prepare.DataIntegrityError, match="pinned"):
         prepare.prepare("tiny", tmp_path)
     assert not (tmp_path / "manifest.json").exists()
+
+
+def test_prepare_refuses_a_val_seed_that_no_longer_gives_its_split(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    copy = tmp_path / "data"
+    shutil.copytree(tiny_data, copy)
+    (copy / "manifest.json").unlink()  # force a rebuild, which regenerates val from the stored seed
+    real = prepare.generate_val
+    monkeypatch.setattr(prepare, "generate_val", lambda *a, **kw: real(*a, **kw)[:-1])  # a drifted generator
+    with pytest.raises(prepare.DataIntegrityError, match="val sha256"):
+        prepare.prepare("tiny", copy)
+    assert not (copy / "manifest.json").exists()
 
 
 def test_corpus_is_large_varied_and_natural_language_like(docs: list[str]) -> None:
@@ -81,8 +113,19 @@ def test_corpus_is_large_varied_and_natural_language_like(docs: list[str]) -> No
         assert mark in text
 
 
-def test_facts_about_towns_and_people_never_contradict(docs: list[str]) -> None:
-    text = "\n".join(docs)
+def test_val_draws_look_like_the_public_corpus(docs: list[str], val_draw: list[str]) -> None:
+    _, retired = prepare.split_corpus(docs)  # the old val split: documents from the same generator
+    size = sum(len(d.encode("utf-8")) for d in val_draw)
+    assert prepare.CORPUS_VAL_TARGET_BYTES <= size < prepare.CORPUS_VAL_TARGET_BYTES + 50_000
+    assert len(set(val_draw)) == len(val_draw)
+    assert not set(val_draw) & set(docs)
+    assert 0.8 < len(val_draw) / len(retired) < 1.25
+    for mark in ("Q: ", "Dear ", "How to ", '"'):  # every genre
+        assert sum(mark in d for d in val_draw) > 0.5 * sum(mark in d for d in retired)
+
+
+def test_facts_about_towns_and_people_never_contradict(docs: list[str], val_draw: list[str]) -> None:
+    text = "\n".join([*docs, *val_draw])
     founded: dict[str, set[str]] = collections.defaultdict(set)
     for town, year in re.findall(
         r"\b(?!It\b)([A-Z][a-z]+(?: [A-Z][a-z]+)?),? (?:was )?founded in (\d{4})", text

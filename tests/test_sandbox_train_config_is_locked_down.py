@@ -67,6 +67,8 @@ def test_train_is_hardened_and_never_sees_val(tmp_path: Path, monkeypatch: pytes
     assert config["log_config"]["Type"] == "json-file" and config["log_config"]["Config"]["max-size"]
     assert config["device_requests"] == []
     assert "runtime" not in config
+    # The candidate starts only behind the sandbox's own seccomp filter (tests/test_sandbox_jail_*.py).
+    assert config["command"] == [*C.JAIL, "python", C.CONTAINER_CANDIDATE]
 
     mounts = _targets(config)
     assert set(mounts) == {C.CONTAINER_CANDIDATE, "/data/train", "/data/tokenizer", C.CONTAINER_OUT}
@@ -107,4 +109,4 @@ def test_eval_reads_the_artifact_and_val_read_only(tmp_path: Path) -> None:
     assert [t for t, m in mounts.items() if not m["ReadOnly"]] == [C.CONTAINER_REPORT_DIR]
     assert C.CONTAINER_CANDIDATE not in mounts and "/data/train" not in mounts
     assert config["network_mode"] == "none" and config["read_only"] is True
-    assert config["command"][:3] == ["python", "-m", "sandbox.evaluate"]
+    assert config["command"][: len(C.JAIL) + 3] == [*C.JAIL, "python", "-m", "sandbox.evaluate"]

@@ -8,6 +8,9 @@ Deliberate: files are passed on verbatim, even ones that do not parse. Replays e
 sandbox through known cases, a deliberately broken candidate (to exercise the crash path) included;
 the sandbox, not the agent, decides what a candidate is worth. The folder is listed once, at
 construction, so files added mid-run do not change the sequence being replayed.
+
+Resume: the context's `trial_index` is the number of candidates the run already holds, one per file
+replayed before, so a resumed run continues from the next file instead of replaying from the first.
 """
 
 from __future__ import annotations
@@ -62,6 +65,13 @@ class ReplayAgent:
         return len(self.files) - self.position
 
     def propose(self, ctx: AgentContext) -> Proposal:
+        if ctx.trial_index > self.position:  # a resumed run: those files were played and recorded
+            logger.info(
+                "replay resumes at file %d (the run holds %d candidates)",
+                ctx.trial_index + 1,
+                ctx.trial_index,
+            )
+            self.position = min(ctx.trial_index, len(self.files))
         if self.position >= len(self.files):
             raise AgentExhausted(f"replay folder {self.folder} is done ({len(self.files)} files replayed)")
         path = self.files[self.position]
