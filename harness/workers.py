@@ -20,9 +20,9 @@ records), land it. What the workers share, and how:
   before the baseline closes), then the run canary when it is due (on whichever worker asks first,
   one at a time; while one runs the others go on with candidates, unless the last canary failed),
   then candidates, each proposed from the best recorded at that moment, so a keep landed by one
-  worker is the parent of every later proposal. `max_trials` counts the
-  candidates in flight, so N workers never overshoot it, and each in-flight candidate gets its own
-  `trial_index`, so a deterministic agent does not propose the same edit twice at once.
+  worker is the parent of every later proposal. `max_trials` counts the candidates in flight, so N
+  workers never overshoot it, and each in-flight candidate gets its own `trial_index`, so a
+  deterministic agent does not propose the same edit twice at once.
 - Agents: worker 0 uses the loop's agent, worker k `agent_factory(k)` (the CLI builds one per worker
   except the replay agent, whose one folder must be played once). Without a factory the workers share
   the one agent, and a worker holds it from choosing the trial's index to the end of its proposal,

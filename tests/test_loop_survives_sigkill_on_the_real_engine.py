@@ -119,6 +119,10 @@ class Run:
             str(self.run_dir),
             "--data-dir",
             str(self.data_dir),
+            # The canary's own resume is tested in tests/test_canary_resume_loses_and_duplicates_nothing.py;
+            # here the rows are the baseline's and the replayed candidates'.
+            "--canary-interval",
+            "0",
         ]
 
     def start(self, session: int) -> subprocess.Popen[bytes]:
@@ -254,9 +258,10 @@ def test_sigkilled_controller_resumes_without_loss_duplicates_or_orphans(
         first.wait(timeout=30)  # reaped: no zombie holds the pid, so the reaper can see it is dead
     assert first.returncode == -signal.SIGKILL, run.tail(1)
 
-    # The orphans: the dead controller's TRAIN container and holder, and both tmpfs volumes.
+    # The orphans: the dead controller's TRAIN container, holder and prewarmed EVAL (it starts with
+    # TRAIN and waits for the controller's go), and both tmpfs volumes.
     roles = sorted(c.labels.get(C.LABEL_ROLE, "?") for c in containers_of(docker_client, {first.pid}))
-    assert roles == ["holder", "train"], describe(docker_client, {first.pid})
+    assert roles == ["eval", "holder", "train"], describe(docker_client, {first.pid})
     assert len(volumes_of(docker_client, {first.pid})) == 2, describe(docker_client, {first.pid})
 
     ledger = Ledger(run.run_dir / "ledger.jsonl")
