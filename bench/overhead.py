@@ -21,7 +21,8 @@ container timestamps (StartedAt, FinishedAt in the saved inspect JSON) and the e
   between   TRAIN's logs, the output-channel probe, the go (exec), EVAL's logs, the report fetch
 `--no-prewarm` starts EVAL only after TRAIN, as before the pre-warm existed, for comparison.
 `--candidate` runs another train.py (e.g. the baseline: then train_share says how much of a real
-trial's wall is spent inside TRAIN).
+trial's wall is spent inside TRAIN, and, from train.py's own `tokens_per_second`, train_speed_ratio
+says whether TRAIN trains slower in the sandbox than bare, e.g. beside the pre-warmed evaluator).
 
 Medians are reported (the machine is shared; the first trial also warms the page cache). `--json`
 prints one line: fixed_overhead_s, ratio (docker total / local total), train_share, the per-step
@@ -33,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import statistics
 import sys
 import tempfile
@@ -120,10 +122,10 @@ def main(argv: list[str] | None = None) -> int:
                         f"error: the {name} trial ended {verdict.status}: {verdict.reason}", file=sys.stderr
                     )
                     return 1
+                extra = train_speed(spec.trial_dir)
                 if name == "docker":
-                    verdict = verdict.model_copy(
-                        update={"timings": verdict.timings | derived_timings(verdict, spec.trial_dir)}
-                    )
+                    extra |= derived_timings(verdict, spec.trial_dir)
+                verdict = verdict.model_copy(update={"timings": verdict.timings | extra})
                 t = verdict.timings
                 print(
                     f"  {name} run {i + 1}: {time.monotonic() - started:.2f} s "
@@ -147,6 +149,21 @@ def main(argv: list[str] | None = None) -> int:
     else:
         _print_table(summary)
     return 0
+
+
+def train_speed(trial_dir: Path) -> dict[str, float]:
+    """TRAIN's own throughput, when the candidate reports it (train.py's ``tokens_per_second:`` line).
+
+    Whatever the sandbox runs beside TRAIN (the pre-warmed evaluator's start-up) would show here as
+    fewer tokens per second than the bare process trains at.
+    """
+    log = trial_dir / "train.log"
+    found = (
+        re.findall(r"^tokens_per_second:\s*([0-9.]+)\s*$", log.read_text(errors="replace"), re.M)
+        if log.is_file()
+        else []
+    )
+    return {"train_tokens_per_s": float(found[-1])} if found else {}
 
 
 def _engine_time(value: str) -> float:
@@ -224,6 +241,17 @@ def _summarise(
                 statistics.median(d.timings.get(key, 0.0) - lo.timings.get(key, 0.0) for d, lo in pairs), 3
             )
 
+        speeds = [
+            (d.timings["train_tokens_per_s"], lo.timings["train_tokens_per_s"])
+            for d, lo in pairs
+            if "train_tokens_per_s" in d.timings and "train_tokens_per_s" in lo.timings
+        ]
+        if speeds:  # TRAIN's tokens/s in the sandbox over bare, median of the run-by-run ratios
+            summary["train_speed_ratio"] = round(statistics.median(d / lo for d, lo in speeds), 3)
+            summary["train_tokens_per_s"] = {
+                "docker": statistics.median(d for d, _ in speeds),
+                "local": statistics.median(lo for _, lo in speeds),
+            }
         summary |= {
             "fixed_overhead_s": added("total_s"),
             "ratio": round(docker["total_s"] / local["total_s"], 3),
@@ -263,6 +291,12 @@ def _print_table(summary: dict[str, Any]) -> None:
         f"(range {summary['train_share_range'][0]:.3f}-{summary['train_share_range'][1]:.3f}); "
         f"outside TRAIN: {summary['non_train_s']:.2f} s"
     )
+    if "train_speed_ratio" in summary:
+        speed = summary["train_tokens_per_s"]
+        print(
+            f"TRAIN's own speed: {speed['docker']:.0f} tokens/s in the sandbox, {speed['local']:.0f} bare "
+            f"(ratio {summary['train_speed_ratio']:.3f}: what running beside the pre-warmed evaluator costs it)"
+        )
     if local:
         verdict = "within" if summary["fixed_overhead_s"] <= GOAL_S else "OVER"
         print(

@@ -39,7 +39,9 @@ What this loader does instead, in order:
     is checked: torch 2.13 exports "training IR", where ``self.buf.add_(1)`` is an in-place op on the
     buffer's placeholder and ``buffers_to_mutate`` stays EMPTY. Functionalized, every mutation of a
     parameter, buffer or the input is an explicit output, and is refused. (A graph that counts its
-    calls could otherwise behave during the probes and cheat during scoring.)
+    calls could otherwise behave during the probes and cheat during scoring.) A graph with no mutating
+    operator, no control flow and nothing but float32 is already functional and skips the retrace
+    (``already_functional`` says why that is sound);
 
 What is unpickled: nothing. What is executed from the archive: nothing but the graph's allow-listed
 operators, once the evaluator runs it; the code fx generates for it comes from node names torch
@@ -202,6 +204,7 @@ class LoadedArtifact:
     param_count: int
     ops: dict[str, int]  # operator name -> number of call sites, subgraphs included
     float_dtypes: tuple[str, ...]  # floating dtypes of the graph's values (sets the probes' tolerance)
+    functionalized: bool = True  # False: already functional, the retrace was skipped (already_functional)
 
     @property
     def low_precision_eps(self) -> float:
@@ -696,6 +699,8 @@ def load_program(validated: ValidatedArtifact, contract: Contract, device: str =
     """
     program = _deserialize(validated.program_json, validated.state_dict, validated.constants)
     check_ops(program)  # before anything is traced: only allow-listed ops ever run, even on fake tensors
+    if already_functional(program):
+        return _loaded(program, validated, contract, device, functionalized=False)
     # The retrace would capture and symbolize a Python stack trace for every node it creates (the
     # evaluator's own frames, debugging metadata only): 15-20% of its CPU time. Off while it runs.
     emit_stack_traces = torch.fx.config.do_not_emit_stack_traces
@@ -710,6 +715,65 @@ def load_program(validated: ValidatedArtifact, contract: Contract, device: str =
         ) from e
     finally:
         torch.fx.config.do_not_emit_stack_traces = emit_stack_traces
+    return _loaded(program, validated, contract, device, functionalized=True)
+
+
+def already_functional(program: torch.export.ExportedProgram) -> bool:
+    """True when functionalizing ``program`` could change nothing, so the retrace may be skipped.
+
+    Functionalization exists to turn mutations into outputs, and in an exported graph a mutation can
+    only be a call to an operator whose schema writes to an argument (``FunctionSchema.is_mutable``:
+    ``add_``, ``copy_``, ``index_put_``, every ``out=`` variant, ...). A graph made only of calls to
+    non-mutating ``OpOverload``s, ``getitem`` and SymInt arithmetic, with no control-flow subgraph, is
+    therefore already functional, and ``run_decompositions({})`` would return the same computation
+    (it would only expand composite operators such as ``chunk`` into the calls they make anyway): the
+    retrace (symbolic shapes and fake tensors for every node, about a second of one core on the tiny
+    profile's model, most of the evaluator's load time) buys nothing for it.
+
+    What the retrace also gave, and how the short path keeps it: it recomputes every node's metadata,
+    where the short path reads the metadata the archive claims. The signature check reads that
+    metadata, and the evaluator checks the real output again on every call (dtype, shape, finiteness),
+    so a false claim about the output gets the artifact rejected at run time, not scored. The probes'
+    one dtype-dependent tolerance (a row run alone, ``low_precision_eps``) loosens for low-precision
+    dtypes, so the short path is taken only when every claimed floating value and every weight is
+    float32: a claim can then only make that tolerance tighter, never looser. Anything else (an
+    in-place op, a control-flow subgraph, bf16 anywhere) takes the full retrace, as before.
+    """
+    for gm in program.graph_module.modules():
+        if gm is not program.graph_module:
+            return False  # a control-flow subgraph (check_ops allows only those as submodules)
+    for node in program.graph.nodes:
+        if node.op in ("placeholder", "output"):
+            pass
+        elif node.op != "call_function":
+            return False
+        elif isinstance(node.target, torch._ops.OpOverload):
+            if node.target._schema.is_mutable:
+                return False
+        elif node.target is not operator.getitem and node.target not in _SYM_CALLABLES:
+            return False
+        value = node.meta.get("val")
+        values = value if isinstance(value, (list, tuple)) else (value,)
+        if any(
+            isinstance(v, torch.Tensor) and v.dtype.is_floating_point and v.dtype != torch.float32
+            for v in values
+        ):
+            return False
+    tensors = [*program.state_dict.values(), *program.constants.values()]
+    return all(
+        not (isinstance(t, torch.Tensor) and t.dtype.is_floating_point and t.dtype != torch.float32)
+        for t in tensors
+    )
+
+
+def _loaded(
+    program: torch.export.ExportedProgram,
+    validated: ValidatedArtifact,
+    contract: Contract,
+    device: str,
+    *,
+    functionalized: bool,
+) -> LoadedArtifact:
     ops = check_ops(program)
     check_signature(program, contract)
     from torch.export.passes import move_to_device_pass
@@ -723,7 +787,13 @@ def load_program(validated: ValidatedArtifact, contract: Contract, device: str =
             if isinstance(v := n.meta.get("val"), torch.Tensor) and v.dtype.is_floating_point
         }
     )
-    log.info("artifact %s: %d parameters, %d distinct ops", validated.sha256[:12], params, len(ops))
+    log.info(
+        "artifact %s: %d parameters, %d distinct ops, %s",
+        validated.sha256[:12],
+        params,
+        len(ops),
+        "functionalized" if functionalized else "already functional (no retrace)",
+    )
     return LoadedArtifact(
         program=program,
         sha256=validated.sha256,
@@ -731,6 +801,7 @@ def load_program(validated: ValidatedArtifact, contract: Contract, device: str =
         param_count=params,
         ops=ops,
         float_dtypes=tuple(dtypes),
+        functionalized=functionalized,
     )
 
 
@@ -882,12 +953,32 @@ def changed_state(program: torch.export.ExportedProgram, snapshot: dict[str, tor
     return sorted(k for k, v in snapshot.items() if not torch.equal(tensors[k].detach(), v))
 
 
-def as_logits_fn(program: torch.export.ExportedProgram) -> Any:
-    """The graph as a plain callable (B, T) int64 -> (B, T, V), run without autograd."""
+class OutputBreaksContract(ValueError):
+    """The graph returned something other than the contract's float (B, T, V) tensor at run time."""
+
+
+def as_logits_fn(program: torch.export.ExportedProgram, contract: Contract | None = None) -> Any:
+    """The graph as a plain callable (B, T) int64 -> (B, T, V), run without autograd.
+
+    With ``contract``, every call's output is checked against it (a float tensor of the input's B and T
+    and the contract's V), raising ``OutputBreaksContract``: the signature check reads the graph's
+    metadata, and this makes what actually comes out the thing that counts (``already_functional``).
+    """
     module = program.module(check_guards=False)
 
     def logits_fn(x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            return module(x)
+            y = module(x)
+        if contract is not None and (
+            not isinstance(y, torch.Tensor)
+            or not y.is_floating_point()
+            or tuple(y.shape) != (*x.shape, contract.vocab_size)
+        ):
+            got = f"{y.dtype} {tuple(y.shape)}" if isinstance(y, torch.Tensor) else type(y).__name__
+            raise OutputBreaksContract(
+                f"the graph returned {got} for an input of shape {tuple(x.shape)}; the contract is a "
+                f"float (B, T, {contract.vocab_size})"
+            )
+        return y
 
     return logits_fn

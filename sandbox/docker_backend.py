@@ -94,6 +94,11 @@ HOLDER_PIDS = 16
 REPORT_PATH = f"{C.CONTAINER_REPORT_DIR}/{C.REPORT_FILE}"
 EVAL_GO_FILE = "/tmp/autoresearch-eval-go"  # in the evaluator's private /tmp: created by exec after TRAIN
 _GO = f"open({EVAL_GO_FILE!r}, 'w').close()"
+# The pre-warmed evaluator's CPU weight (cgroup cpu.shares; containers default to 1024): a quarter of
+# TRAIN's. Its start-up (imports, warm-up: about 2 s of one core) overlaps TRAIN on the same CPUs; with
+# this weight it runs in TRAIN's idle moments and otherwise gets a fifth of a contended core, instead of
+# half. After TRAIN it is alone and runs at full speed: a weight only matters under contention.
+EVAL_CPU_SHARES = 256
 RUNNING = frozenset({"created", "running", "restarting", "paused"})
 
 # Run in the holder (trusted code, the holder's read-only view of the output channel).
@@ -549,6 +554,7 @@ class DockerTrial:
             "environment": self._env(),
             "working_dir": C.CONTAINER_APP,
             "mounts": mounts,
+            **({"cpu_shares": EVAL_CPU_SHARES} if self.prewarm_eval else {}),
             "device_requests": self._gpus(),
         }
         return config

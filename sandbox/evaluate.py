@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import dataclasses
 import gc
 import hashlib
 import json
@@ -51,7 +52,7 @@ import torch
 
 import prepare
 from sandbox import artifact, probes
-from sandbox.constants import EVALUATOR_ERROR_EXIT, TOKENIZER_DIRNAME, VAL_DIRNAME, Status
+from sandbox.constants import ARTIFACT_FILE, EVALUATOR_ERROR_EXIT, TOKENIZER_DIRNAME, VAL_DIRNAME, Status
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +196,47 @@ def warm_up() -> None:
         bool(torch.isfinite(logits).all())
 
 
+class _Toy(torch.nn.Module):
+    """A graph of the contract's shape, int64 (B, T) -> float (B, T, V), for ``warm_up_loader``."""
+
+    def __init__(self, vocab_size: int) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab_size, 4)
+        self.head = torch.nn.Linear(4, vocab_size)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.nn.functional.rms_norm(self.embed(idx), (4,)))
+
+
+def warm_up_loader(profile: prepare.Profile) -> None:
+    """Take the loader's first-call costs on a graph of our own, not on the candidate's clock.
+
+    The first deserialization, program-to-module code generation and forward pass in a process pay
+    lazy set-up (fake tensors, symbolic shapes, fx code generation, first kernels). Measured in one
+    process on one core with the tiny baseline's artifact: load 0.41 s and probes 1.36 s the first
+    time, 0.23 s and 1.05 s after. A toy graph, exported here and saved to our private /tmp, goes
+    through exactly the code a candidate's artifact goes through (validate, deserialize, load, run
+    once), so the candidate's clock does not pay that set-up. It costs under a second of one core, spent
+    while TRAIN runs (at a low CPU weight in the Docker backend). The CLI only: the library functions
+    the tests call skip it.
+    """
+    log.info("warming the loader up on a toy graph of our own (not the candidate's artifact)")
+    contract = artifact.Contract(
+        seq_len=profile.max_seq_len, vocab_size=profile.vocab_size, max_batch=profile.eval_batch_size
+    )
+    example = torch.zeros(2, profile.max_seq_len, dtype=torch.int64)
+    with torch.no_grad():
+        program = torch.export.export(
+            _Toy(profile.vocab_size).eval(),
+            (example,),
+            dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+        )
+    with tempfile.TemporaryDirectory(prefix="evaluator-warm-up-") as tmp:
+        torch.export.save(program, Path(tmp) / ARTIFACT_FILE)
+        loaded = artifact.load_artifact(Path(tmp), contract, artifact.LIMITS[profile.name], "cpu")
+    artifact.as_logits_fn(loaded.program, contract)(example[:1])
+
+
 def evaluate(
     profile: prepare.Profile | str, artifact_dir: Path, data_dir: Path | None = None, device: str = "cpu"
 ) -> dict[str, Any]:
@@ -229,6 +271,7 @@ def judge(prepared: Prepared, data: dict[str, Any], artifact_dir: Path) -> dict[
         "param_count": None,
         "ops": {},
         "float_dtypes": [],
+        "functionalized": None,
         "profile": profile.name,
         "device": device,
         "torch_version": torch.__version__,
@@ -290,7 +333,12 @@ def _judge(
         )
         return
     del validated
-    report.update(param_count=loaded.param_count, ops=loaded.ops, float_dtypes=list(loaded.float_dtypes))
+    report.update(
+        param_count=loaded.param_count,
+        ops=loaded.ops,
+        float_dtypes=list(loaded.float_dtypes),
+        functionalized=loaded.functionalized,
+    )
     try:
         report["check"], report["reason"] = _probe_and_score(
             loaded, profile, data["rows"], data["token_bytes"], report, lap
@@ -300,7 +348,7 @@ def _judge(
             "runtime:non_finite_logits",
             f"non-finite logits while scoring: {e}",
         )
-    except prepare.BadLogits as e:
+    except (prepare.BadLogits, artifact.OutputBreaksContract) as e:
         report["check"], report["reason"] = "runtime:bad_logits", f"unusable logits while scoring: {e}"
     except GRAPH_ERRORS as e:
         report["check"] = "runtime:graph_error"
@@ -319,7 +367,10 @@ def _probe_and_score(
     """Probe, then score; fills ``report`` and returns (check, reason), check None when scored."""
     device = str(token_bytes.device)
     state = artifact.snapshot_state(loaded.program)
-    logits_fn = artifact.as_logits_fn(loaded.program)
+    contract = artifact.Contract(
+        seq_len=profile.max_seq_len, vocab_size=profile.vocab_size, max_batch=profile.eval_batch_size
+    )
+    logits_fn = artifact.as_logits_fn(loaded.program, contract)
     plan = probes.draw_plan(int(rows.shape[0]), profile.eval_batch_size, profile.max_seq_len)
     x = rows[plan.batch_start : plan.batch_start + plan.batch_size, :-1].to(device)
     reference: list[torch.Tensor] = []
@@ -377,6 +428,20 @@ def process_age() -> float | None:
         return None
 
 
+def prepare_process(profile: str, device: str) -> Prepared:
+    """``prepare_evaluation`` plus what only a process of its own should do: tune malloc, warm the
+    loader up, freeze the collector's view of the modules. Library callers (the tests) skip these."""
+    retain_freed_memory()
+    prepared = prepare_evaluation(profile, device)
+    t_warm = time.monotonic()
+    try:
+        warm_up_loader(prepared.profile)
+    except Exception:  # an optimisation only: the real artifact gets the full checks either way
+        log.warning("the loader warm-up failed; judging without it", exc_info=True)
+    gc.freeze()  # torch's modules live as long as we do: the collector need not walk them again
+    return dataclasses.replace(prepared, seconds=prepared.seconds + time.monotonic() - t_warm)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Score an exported model.pt2 with the frozen val_bpb metric."
@@ -399,10 +464,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     startup = process_age()
-    retain_freed_memory()  # process-wide settings: here, not in the library functions tests call
     try:
-        prepared = prepare_evaluation(args.profile, args.device)
-        gc.freeze()  # torch's modules live as long as we do: the collector need not walk them again
+        prepared = prepare_process(args.profile, args.device)
         waited = 0.0
         if args.wait_for is not None:
             log.info("prepared in %.2f s; waiting for %s", prepared.seconds, args.wait_for)

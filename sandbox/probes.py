@@ -41,6 +41,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from prepare import all_finite
+
 log = logging.getLogger(__name__)
 
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
@@ -107,7 +109,7 @@ def _prefix_mask(cuts: list[int], seq_len: int, device: torch.device) -> torch.T
 
 
 def _max_diff(a: torch.Tensor, b: torch.Tensor, where: torch.Tensor | None = None) -> float:
-    d = (a - b).abs().amax(dim=-1)  # (B, T): worst vocabulary entry at each position
+    d = torch.sub(a, b).abs_().amax(dim=-1)  # (B, T): worst vocabulary entry at each position
     if where is not None:
         d = d[where]
     worst = float(d.max()) if d.numel() else 0.0
@@ -142,7 +144,7 @@ def run_probes(
     ref_logits = fn(x)
     if on_reference is not None:
         on_reference(ref_logits)
-    finite = bool(torch.isfinite(ref_logits).all())
+    finite = all_finite(ref_logits.float())
     results["finite"] = ProbeResult(
         finite, "all logits finite" if finite else "the graph produced NaN or inf logits"
     )
