@@ -4,7 +4,7 @@
 
 Builds the baseline train.py's GPT (randomly initialised: nothing is trained), exports it with
 ``prepare.export_model``, loads the artifact with ``sandbox.artifact.load_artifact`` (validation,
-functionalization, device move) and runs the same rows, at the profile's evaluation batch size,
+functionalization unless the graph is already functional, device move) and runs the same rows, at the profile's evaluation batch size,
 through both the loaded graph and the eager model, interleaved batch by batch so that drift in the
 machine's load hits both sides alike. Reports tokens/s of each and ratio = graph / eager (goal >= 0.95).
 
@@ -145,6 +145,7 @@ def measure(profile_name: str, device: str, batches: int, data: Path | None) -> 
         "best_batch_s_graph": min(times["graph"]),  # least disturbed by other load on a shared machine
         "best_batch_s_eager": min(times["eager"]),
         "max_abs_logit_diff": max_diff,
+        "functionalized": loaded.functionalized,
         "export_s": export_s,
         "load_s": load_s,
     }

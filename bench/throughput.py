@@ -195,6 +195,17 @@ def _train_s(records: Sequence[TrialRecord]) -> float:
     return sum(run.timings.get("train_wall_s", 0.0) for r in records for run in r.runs)
 
 
+def in_window(spans: Sequence[tuple[float, float, int]], start: float, end: float) -> tuple[float, float]:
+    """(trials, runs) inside [start, end], each (started, finished, runs) span counted for the fraction
+    of it that lies inside the window."""
+    trials = runs = 0.0
+    for began, finished, n_runs in spans:
+        inside = max(0.0, min(finished, end) - max(began, start)) / max(finished - began, 1e-9)
+        trials += inside
+        runs += inside * n_runs
+    return trials, runs
+
+
 def _cpusets_ok(run_dir: Path, records: Sequence[TrialRecord]) -> bool:
     """TRAIN and EVAL of every run were created with the record's cpuset (the engine's own inspect output)."""
     for record in records:
@@ -238,12 +249,9 @@ def _metrics(
     # Each trial counts for the fraction of its own span [started_at, finished_at] that falls inside the
     # window, so a trial cut by either edge counts in part instead of all or nothing: with a handful of
     # trials per worker, whole-trial counting moves the rate by a whole trial at either edge.
-    steady_trials = steady_runs = 0.0
-    for r in candidates:
-        start, end = _ts(r.started_at), _ts(r.finished_at)
-        inside = max(0.0, min(end, steady_end) - max(start, baseline_end)) / max(end - start, 1e-9)
-        steady_trials += inside
-        steady_runs += inside * len(r.runs)
+    steady_trials, steady_runs = in_window(
+        [(_ts(r.started_at), _ts(r.finished_at), len(r.runs)) for r in candidates], baseline_end, steady_end
+    )
     return {
         "workers": n,
         "stopped": stopped,
