@@ -166,14 +166,15 @@ def retain_freed_memory() -> bool:
 
     glibc serves every allocation above 32 MiB with its own mmap and unmaps it when freed, so each
     logits-sized tensor (B x T x V floats: 64 MiB on the tiny profile) is page-faulted in afresh, 16k
-    faults at a time, several times per batch (the graph's last ops, isfinite, cross-entropy,
+    faults at a time, several times per batch (the graph's last ops, cross-entropy,
     log_softmax). With mmap off and a high trim threshold the heap keeps and reuses those pages:
     measured on 2 cores, half the time of those memory-bound ops. The first few allocations of a size
     may still fault: torch asks for 64-byte alignment, which glibc serves only from a free chunk a few
     bytes larger than the request, so a freed tensor's chunk is reused once it has merged with a free
-    neighbour (measured: up to 4 of the first 12 rounds of 64 MiB, none after, resident size bounded). Reused memory holds earlier data, as
-    glibc's smaller allocations always did: the operator deny-list (no ``empty*``, ``resize*``,
-    ``set_``) is what keeps a graph from reading uninitialised memory, with or without this.
+    neighbour (measured: up to 4 of the first 12 rounds of 64 MiB, none after, resident size bounded).
+    Reused memory holds earlier data, as glibc's smaller allocations always did: the operator deny-list
+    (no ``empty*``, ``resize*``, ``set_``) is what keeps a graph from reading uninitialised memory, with
+    or without this.
     """
     try:
         mallopt = ctypes.CDLL(None).mallopt
@@ -211,6 +212,13 @@ class _Toy(torch.nn.Module):
         return self.head(torch.nn.functional.rms_norm(self.embed(idx), (4,)))
 
 
+def contract_for(profile: prepare.Profile) -> artifact.Contract:
+    """The artifact contract of ``profile``: (B, T) int64 in, (B, T, V) float out, B up to the eval batch."""
+    return artifact.Contract(
+        seq_len=profile.max_seq_len, vocab_size=profile.vocab_size, max_batch=profile.eval_batch_size
+    )
+
+
 def warm_up_loader(profile: prepare.Profile) -> None:
     """Take the loader's first-call costs on a graph of our own, not on the candidate's clock.
 
@@ -224,9 +232,7 @@ def warm_up_loader(profile: prepare.Profile) -> None:
     the tests call skip it.
     """
     log.info("warming the loader up on a toy graph of our own (not the candidate's artifact)")
-    contract = artifact.Contract(
-        seq_len=profile.max_seq_len, vocab_size=profile.vocab_size, max_batch=profile.eval_batch_size
-    )
+    contract = contract_for(profile)
     example = torch.zeros(2, profile.max_seq_len, dtype=torch.int64)
     with torch.no_grad():
         program = torch.export.export(
@@ -316,9 +322,7 @@ def _judge(
         return now
 
     t = time.monotonic()
-    contract = artifact.Contract(
-        seq_len=profile.max_seq_len, vocab_size=profile.vocab_size, max_batch=profile.eval_batch_size
-    )
+    contract = contract_for(profile)
     try:
         try:
             validated = artifact.validate_artifact(artifact_dir, artifact.LIMITS[profile.name])
@@ -344,7 +348,7 @@ def _judge(
     )
     try:
         report["check"], report["reason"] = _probe_and_score(
-            loaded, profile, data["rows"], data["token_bytes"], report, lap
+            loaded, profile, contract, data["rows"], data["token_bytes"], report, lap
         )
     except prepare.NonFiniteLogits as e:
         report["check"], report["reason"] = (
@@ -362,6 +366,7 @@ def _judge(
 def _probe_and_score(
     loaded: artifact.LoadedArtifact,
     profile: prepare.Profile,
+    contract: artifact.Contract,
     rows: torch.Tensor,
     token_bytes: torch.Tensor,
     report: dict[str, Any],
@@ -370,9 +375,6 @@ def _probe_and_score(
     """Probe, then score; fills ``report`` and returns (check, reason), check None when scored."""
     device = str(token_bytes.device)
     state = artifact.snapshot_state(loaded.program)
-    contract = artifact.Contract(
-        seq_len=profile.max_seq_len, vocab_size=profile.vocab_size, max_batch=profile.eval_batch_size
-    )
     logits_fn = artifact.as_logits_fn(loaded.program, contract)
     plan = probes.draw_plan(int(rows.shape[0]), profile.eval_batch_size, profile.max_seq_len)
     x = rows[plan.batch_start : plan.batch_start + plan.batch_size, :-1].to(device)

@@ -109,7 +109,9 @@ def _prefix_mask(cuts: list[int], seq_len: int, device: torch.device) -> torch.T
 
 
 def _max_diff(a: torch.Tensor, b: torch.Tensor, where: torch.Tensor | None = None) -> float:
-    d = torch.sub(a, b).abs_().amax(dim=-1)  # (B, T): worst vocabulary entry at each position
+    # (B, T): worst vocabulary entry at each position. In place: one logits-sized temporary, not two
+    # (a fresh evaluator's heap may still page-fault them in; see evaluate.retain_freed_memory).
+    d = torch.sub(a, b).abs_().amax(dim=-1)
     if where is not None:
         d = d[where]
     worst = float(d.max()) if d.numel() else 0.0
@@ -144,7 +146,7 @@ def run_probes(
     ref_logits = fn(x)
     if on_reference is not None:
         on_reference(ref_logits)
-    finite = all_finite(ref_logits.float())
+    finite = all_finite(ref_logits)
     results["finite"] = ProbeResult(
         finite, "all logits finite" if finite else "the graph produced NaN or inf logits"
     )
