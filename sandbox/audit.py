@@ -79,7 +79,7 @@ DENIALS: Final = frozenset(
 )
 OP_NOT_ALLOWED_CHECK: Final = "artifact:op_not_allowed"
 # Which of the report's `probe_deviation_nats` keys belong to a probe (default: the probe's name).
-_MEASURES: Final = {"row_independence": ("rows_", "row_alone")}
+_MEASURES: Final = {"row_independence": ("rows",)}
 
 
 @dataclass(frozen=True)

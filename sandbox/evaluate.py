@@ -7,7 +7,8 @@ the verdict from that report and from nothing the candidate printed.
 What is deliberate:
   * It never imports candidate code: only ``prepare`` (frozen, trusted) and ``sandbox.*``. The graph
     is loaded by ``sandbox.artifact`` (no pickle, operator allow-list, signature contract) and must
-    pass ``sandbox.probes`` (causality, row independence, determinism) before it is scored.
+    pass ``sandbox.probes`` (determinism and a row alone on one batch; causality and row independence
+    on every scored row) before its score is reported.
   * Statuses are values: a bad artifact yields a report with ``status: rejected`` and a reason, and
     exit code 0. Exit code 2 (``EVALUATOR_ERROR_EXIT``) means the evaluator itself could not run
     (no data, corrupted data, CUDA requested but absent); the report is then not written.
@@ -17,8 +18,8 @@ What is deliberate:
     traceback in the log: the evaluator is trusted, so what breaks it is the artifact, but the check
     name keeps an evaluator bug distinguishable in the ledger. A hard crash (segfault, OOM kill)
     leaves no report; the controller then rejects the artifact on the exit status.
-  * The report is written atomically (temporary file + rename) and records the secret probe plan
-    only after the probes ran, plus hashes of prepare.py, of the evaluator's sources and of the data
+  * The report is written atomically (temporary file + rename) and records the secret plan of the
+    checks only after they ran, plus hashes of prepare.py, of the evaluator's sources and of the data
     manifest, so a result can be traced to exactly what produced it.
   * Two phases. ``prepare_evaluation`` does what depends on neither the artifact nor the data (imports,
     argument checks, source hashes, torch's first-call costs); ``load_data`` and ``judge`` do the rest.
@@ -59,8 +60,8 @@ log = logging.getLogger(__name__)
 EVALUATOR_SOURCES = ("evaluate.py", "artifact.py", "probes.py", "constants.py")
 # Exceptions torch raises while running a graph: bad shapes, bad indices, out of memory, failed asserts.
 GRAPH_ERRORS = (RuntimeError, ValueError, IndexError, TypeError, AssertionError, ArithmeticError)
-# The probes' reference pass on the probe batch also serves as that batch's scoring call (one forward pass
-# fewer) when its logits are at most this large; above, they are dropped and the batch is run again.
+# The checked batch's first logits also serve as that batch's scoring call (one forward pass fewer) when
+# they are at most this large; above, they are dropped and the batch is run again.
 REUSE_REFERENCE_MAX_BYTES = 512 * 2**20
 WAIT_POLL_S = 0.01
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
@@ -372,45 +373,66 @@ def _probe_and_score(
     report: dict[str, Any],
     lap: Any,
 ) -> tuple[str | None, str]:
-    """Probe, then score; fills ``report`` and returns (check, reason), check None when scored."""
+    """Check one batch, score every batch, check every scored row; fills ``report`` and returns
+    (check, reason), check None when scored. See sandbox/probes.py for what each check proves."""
     device = str(token_bytes.device)
     state = artifact.snapshot_state(loaded.program)
     logits_fn = artifact.as_logits_fn(loaded.program, contract)
-    plan = probes.draw_plan(int(rows.shape[0]), profile.eval_batch_size, profile.max_seq_len)
-    x = rows[plan.batch_start : plan.batch_start + plan.batch_size, :-1].to(device)
+    B = profile.eval_batch_size
+    plan = probes.draw_plan(int(rows.shape[0]), B, profile.max_seq_len)
+    rows = rows.to(device)
+    x = rows[plan.check_batch : plan.check_batch + B, :-1]
+    results: dict[str, probes.ProbeResult] = {}
+    measured: dict[str, float] = {}
     reference: list[torch.Tensor] = []
 
-    def keep_reference(logits: torch.Tensor) -> None:
-        if logits.numel() * logits.element_size() <= REUSE_REFERENCE_MAX_BYTES:
-            reference.append(logits)
+    def reveal() -> tuple[str | None, str]:
+        report["probe_plan"] = plan.to_json()  # revealed only now that the checks have run
+        report["probes"] = {k: {"passed": r.passed, "detail": r.detail} for k, r in results.items()}
+        report["probe_deviation_nats"] = {k: v if math.isfinite(v) else None for k, v in measured.items()}
+        failed = [k for k, r in results.items() if not r.passed]
+        if failed:
+            return f"probe:{failed[0]}", f"probe {failed[0]} failed: {results[failed[0]].detail}"
+        return None, "checked"
 
     t = time.monotonic()
     try:
-        results, measured = probes.run_probes(
-            logits_fn, x, plan, profile.vocab_size, loaded.low_precision_eps, on_reference=keep_reference
-        )
+        found, deviations, first = probes.check_batch(logits_fn, x, plan, loaded.low_precision_eps)
+        results |= found
+        measured |= deviations
+        if first is not None and first.numel() * first.element_size() <= REUSE_REFERENCE_MAX_BYTES:
+            reference.append(first)
+        del first
     finally:
         t = lap("probes", t)
-    report["probe_plan"] = plan.to_json()  # revealed only now that the probes have run
-    report["probes"] = {k: {"passed": r.passed, "detail": r.detail} for k, r in results.items()}
-    report["probe_deviation_nats"] = {k: v if math.isfinite(v) else None for k, v in measured.items()}
-    failed = [k for k, r in results.items() if not r.passed]
-    if failed:
-        return f"probe:{failed[0]}", f"probe {failed[0]} failed: {results[failed[0]].detail}"
+    check, reason = reveal()
+    if check is not None:
+        return check, reason
 
     def scoring_fn(xb: torch.Tensor) -> torch.Tensor:
-        # The probe batch is one of the scoring batches: its probed reference output is its score (the
-        # graph cannot tell the two calls apart, and the determinism probe has just shown that running
-        # it again gives the same log-probabilities within TIGHT_NATS). Used once, then dropped.
+        # The checked batch is one of the scoring batches: its first output is its score (the graph
+        # cannot tell the two calls apart, and the determinism check has just shown that running it
+        # again gives the same log-probabilities within TIGHT_NATS). Used once, then dropped.
         if reference and xb.shape == x.shape and torch.equal(xb, x):
-            return reference.pop().float()
-        return logits_fn(xb).float()
+            return reference.pop()
+        return logits_fn(xb)
 
+    recorder = probes.TargetRecorder(scoring_fn, rows, B)
     try:
-        result = prepare.evaluate_bpb(scoring_fn, rows.to(device), token_bytes, profile.eval_batch_size)
+        result = prepare.evaluate_bpb(recorder, rows, token_bytes, B)
     finally:
         reference.clear()
-        lap("score", t)
+        t = lap("score", t)
+    try:
+        worst, failure = probes.run_coverage(logits_fn, rows, recorder.logprobs, plan, profile.vocab_size)
+    finally:
+        lap("coverage", t)
+    measured |= worst
+    results |= probes.coverage_results(worst, failure, plan)
+    log.info("checks: %s", {k: round(v, 8) for k, v in measured.items()})
+    check, reason = reveal()
+    if check is not None:
+        return check, reason
     changed = artifact.changed_state(loaded.program, state)
     if changed:
         return "runtime:state_mutation", f"the graph changed its own state while running: {changed[:10]}"

@@ -1,34 +1,55 @@
-"""Behavioural probes: the graph must be causal, treat batch rows independently, and be deterministic.
+"""Behavioural checks on every scored row: the graph must be causal, treat rows independently, and be
+deterministic. A graph that fails one is rejected, not scored.
 
-The signature check says what a graph's shapes are; these probes check what it computes, on the very
-validation rows the metric scores. A graph that fails one is rejected, not scored.
+What a check sees. The scoring pass runs every scoring batch once; from its logits the evaluator keeps
+one number per scored (row, position), the log-probability of the true next token (``target_logprobs``,
+(N, T) floats: no B x T x V tensor is kept). Then ``COVERAGE_PASSES`` shadow passes run over EVERY
+scoring row again, each row with its own secret cut c: tokens after c are replaced (by uniform random
+tokens, or by another row's tokens so the suffix looks like text; the first replaced token always
+differs from the original). At positions <= c nothing the row may depend on has changed, so each of
+those positions must reproduce its scoring-pass log-probability within ``TIGHT_NATS``:
+  * pass ``causality``: the scoring batches as they were (same rows, same order), every row cut;
+  * pass ``rows``: all N rows shuffled into new batches by a secret global permutation, every row cut
+    afresh. A row's batch-mates are now other rows, at other batch positions, their own suffixes
+    replaced: any dependence on the rest of the batch moves it.
+Before scoring, one secret scoring batch is also run twice (``determinism``) and one of its rows alone,
+B=1 (``row_alone``, a looser, precision-aware tolerance, as other batch shapes run other kernels).
 
-What is deliberate:
-  * The probe batch IS one of the scoring batches (rows ``start .. start+B`` of ``eval_rows``), and every
-    random choice (which batch, the causal cut of each row, the permutation, the random tokens) is drawn
-    afresh per evaluation from ``secrets`` and only recorded in the report afterwards. A graph cannot
-    tell a probe from a scoring call except by the perturbation itself, and cannot precompute where the
-    perturbation will be.
-  * Outputs are compared as log-probabilities (``log_softmax`` in float32), in nats. That comparison is
-    shift-invariant (adding a constant to a position's logits changes nothing scored), and it bounds the
-    damage directly: if no log-probability moves by more than ``tol`` nats, a leak hidden below the
-    tolerance can improve the scored cross-entropy by at most ``tol`` nats per token, i.e. at most
-    ``tol / (ln 2 * bytes per token)`` bits per byte (about 4e-5 bpb at 1e-4 nats), far below the
-    judge's noise floor.
-  * ``TIGHT_NATS`` (1e-4) applies wherever the honest computation is bit-for-bit reproducible: the same
-    batch shape run again, with other rows or later tokens changed. Per-row and per-position kernels
-    (GEMMs over the feature dimension, masked attention whose masked weights are exactly 0) do not
-    depend on the values elsewhere in the batch, so an honest graph reproduces these positions exactly
-    on CPU and CUDA alike; the tolerance only absorbs float32 rounding of ``log_softmax`` itself.
-  * A row run alone (B=1) goes through differently shaped kernels, so it is compared with a looser,
-    precision-aware tolerance: ``max(1e-3, 8 * eps * max|logit|)`` where eps is the machine epsilon of
-    the lowest-precision float dtype in the graph. This is a consistency check (the same function at
-    every batch size); the security-relevant row check is the tight, same-shape one.
-  * Causality cuts one position per row (a different, secret one per row and per perturbation): logits
-    at positions <= t must not move when tokens after t are replaced, once by uniform random tokens
-    and once by another real row's continuation (so the suffix looks like text). A leak that only
-    fires at a few positions escapes with probability (1 - k/T)^(2B), but it is then worth only
-    about k/T of its per-position gain.
+Why the target log-probability is enough: val_bpb is a sum over scored positions of exactly that
+number, so a leak that never moves it cannot change the score; and any leak that improves it at a
+checked position moves it (the leaked token was replaced). It is shift-invariant, and a deviation below
+``TIGHT_NATS`` is worth at most 1e-4 nats per token (about 3e-5 bpb on either profile). Honest graphs
+reproduce it exactly: per-row kernels (GEMMs over features, masked attention whose masked weights are
+exactly 0) of the same batch shape do not depend on the values in other rows or after the mask, on CPU
+and CUDA alike.
+
+The bound (``escape_probability``, ``escapable_gain``; tested in
+tests/test_evaluator_bound_keeps_escapable_gain_below_the_noise_floor.py, numbers in SECURITY.md). A
+graph leaks at a set of (row, position) pairs chosen in any way from the tokens it sees, a fraction
+f_i of row i's T-1 leakable positions (the last position's target is not in the input). A leak at
+position t reads a token after t; a pass's cut c_i of row i (uniform over 0..T-2, secret, independent
+across rows and passes) catches it when it lands on a leaking position t (then the token it reads is
+replaced and its log-probability moves). A leak that reads further ahead is caught by more cuts, so the
+one-step leak is the worst case. With P passes:
+    P(miss) = prod_i (1 - f_i)^P <= exp(-P * sum_i f_i) = exp(-P * f * N),
+N scored rows, f the leaking fraction of all pairs. An evaluation is missed with probability above
+``ESCAPE_TARGET`` = 1e-3 only if f < f_esc = ln(1000) / (P * N). What that is worth depends on where the
+leak is placed:
+  * content lottery (trigger a hash of the tokens, unrelated to how hard the target is): each leaking
+    position gains on average the honest loss there, so gain <= f_esc * val_bpb;
+  * loss-targeted (the graph peeks, sees its own honest prediction is poor, leaks only there): gain <=
+    the honest loss of the top f_esc of positions. That is larger, and is reported beside it.
+A leak at one row's positions only (a row lottery) or at every position of a few rows is caught with
+certainty whenever any leaking row is scored, since every row is cut in every pass.
+
+What else is deliberate:
+  * Every secret (which batch is run twice, cuts, permutation, suffix kinds, donors, the random tokens)
+    comes from one seed drawn with ``secrets`` afresh per evaluation; the plan is written to the report
+    only after the checks ran. A graph cannot tell a shadow call from a scoring call except by the
+    perturbation itself, and cannot precompute where it will be.
+  * Comparisons are per batch and on the batch's device; only (N, T) target log-probabilities and a
+    scalar per batch outlive a batch.
+  * NaN where the reference was finite counts as an infinite deviation: a failure.
 """
 
 from __future__ import annotations
@@ -36,8 +57,8 @@ from __future__ import annotations
 import logging
 import math
 import secrets
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -48,6 +69,9 @@ log = logging.getLogger(__name__)
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
 TIGHT_NATS = 1e-4
 ALONE_FLOOR_NATS = 1e-3
+COVERAGE_PASSES = 2  # shadow passes over every scored row: "causality" then "rows"
+ESCAPE_TARGET = 1e-3  # the per-evaluation miss probability the bound is stated at
+PASS_NAMES = ("causality", "rows")
 
 
 @dataclass(frozen=True)
@@ -57,44 +81,84 @@ class ProbeResult:
 
 
 @dataclass(frozen=True)
-class ProbePlan:
-    """Every secret choice of one evaluation's probes; written to the report once the probes have run."""
+class PassPlan:
+    """One shadow pass: the row order it runs in (B at a time) and each row's secret cut and suffix."""
 
-    batch_start: int  # first row (in eval_rows) of the scoring batch the probes reuse
+    name: str
+    order: list[int]  # row ids in run order; consecutive groups of batch_size form the shadow batches
+    cuts: list[int]  # per row id: the last position kept; tokens after it are replaced
+    natural: list[bool]  # per row id: suffix from a donor row (True) or uniform random tokens
+    donors: list[int]  # per row id: the row whose tokens fill a natural suffix (never itself)
+
+
+@dataclass(frozen=True)
+class ProbePlan:
+    """Every secret choice of one evaluation's checks; written to the report once they have run."""
+
+    n_rows: int
     batch_size: int
-    random_cuts: list[int]  # per row: position t; tokens after t become uniform random tokens
-    natural_cuts: list[int]  # per row: position t; tokens after t come from the next row of the batch
-    permutation: list[int]  # row order of the permuted batch
-    kept_rows: list[int]  # rows left as they are while all others are replaced by random tokens
-    alone_row: int  # the row also run with B=1
-    token_seed: int  # seeds the generator of the random replacement tokens
-    extra: dict[str, int] = field(default_factory=dict)
+    seq_len: int
+    seed: int  # from ``secrets``: seeds the generator every choice below (and the random tokens) came from
+    check_batch: int  # first row of the scoring batch run twice (determinism) and reused for scoring
+    alone_row: int  # row of that batch (0-based within it) also run with B=1
+    passes: list[PassPlan]
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
 
 
-def draw_plan(n_rows: int, batch_size: int, seq_len: int) -> ProbePlan:
-    """Draw the probe positions with ``secrets`` (unpredictable to the candidate, fresh per run)."""
-    rng = secrets.SystemRandom()
-    full_batches = max(1, n_rows // batch_size)
-    start = rng.randrange(full_batches) * batch_size
-    size = min(batch_size, n_rows - start)
-    perm = list(range(size))
-    rng.shuffle(perm)
-    if size > 1 and perm == sorted(perm):
-        perm = perm[1:] + perm[:1]  # a permutation that moves every row
-    kept = sorted(rng.sample(range(size), max(1, size // 2)))
-    return ProbePlan(
-        batch_start=start,
-        batch_size=size,
-        random_cuts=[rng.randrange(seq_len - 1) for _ in range(size)],
-        natural_cuts=[rng.randrange(seq_len - 1) for _ in range(size)],
-        permutation=perm,
-        kept_rows=kept,
-        alone_row=rng.randrange(size),
-        token_seed=secrets.randbits(62),
-    )
+def draw_plan(n_rows: int, batch_size: int, seq_len: int, passes: int = COVERAGE_PASSES) -> ProbePlan:
+    """Draw every secret of one evaluation from a fresh ``secrets`` seed."""
+    if n_rows < 1 or batch_size < 1 or seq_len < 2:
+        raise ValueError(f"nothing to check: {n_rows} rows of {seq_len} tokens, batch {batch_size}")
+    seed = secrets.randbits(62)
+    gen = torch.Generator().manual_seed(seed)
+
+    def randint(high: int, n: int) -> list[int]:
+        return torch.randint(0, high, (n,), generator=gen).tolist()
+
+    n_batches = -(-n_rows // batch_size)
+    check_batch = randint(n_batches, 1)[0] * batch_size
+    alone_row = randint(min(batch_size, n_rows - check_batch), 1)[0]
+    plans = []
+    for k in range(passes):
+        name = PASS_NAMES[k] if k < len(PASS_NAMES) else f"rows_{k}"
+        order = list(range(n_rows)) if k == 0 else torch.randperm(n_rows, generator=gen).tolist()
+        # donor: any other row (offset 1..N-1), so a natural suffix never copies the row's own text
+        offsets = randint(max(n_rows - 1, 1), n_rows)
+        donors = [(r + 1 + o) % n_rows for r, o in zip(range(n_rows), offsets, strict=True)]
+        natural = [bool(b) for b in randint(2, n_rows)]
+        plans.append(PassPlan(name, order, randint(seq_len - 1, n_rows), natural, donors))
+    return ProbePlan(n_rows, batch_size, seq_len, seed, check_batch, alone_row, plans)
+
+
+# ------------------------------------------------------------------------------------ the bound
+
+
+def escape_probability(leak_fraction: float, n_rows: int, passes: int = COVERAGE_PASSES) -> float:
+    """Upper bound on P(one evaluation misses a leak at ``leak_fraction`` of all scored (row, position)
+    pairs): exp(-passes * f * N). Holds however the pairs are chosen (module docstring)."""
+    return math.exp(-passes * leak_fraction * n_rows)
+
+
+def escapable_fraction(n_rows: int, passes: int = COVERAGE_PASSES, target: float = ESCAPE_TARGET) -> float:
+    """The largest leak fraction that escapes one evaluation with probability above ``target``."""
+    return math.log(1 / target) / (passes * n_rows)
+
+
+def escapable_gain(leaking_fraction: float, mean_gain_nats: float, bytes_per_token: float) -> float:
+    """val_bpb gain of leaking at ``leaking_fraction`` of scored positions, each worth ``mean_gain_nats``."""
+    return leaking_fraction * mean_gain_nats / (math.log(2) * bytes_per_token)
+
+
+# ------------------------------------------------------------------------------------ the checks
+
+
+def target_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(B, T) log-probability of each target under (B, T, V) logits, in float32 (no (B, T, V) result)."""
+    lg = logits.float()
+    picked = lg.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return picked - torch.logsumexp(lg, dim=-1)
 
 
 def _logprobs(fn: LogitsFn, x: torch.Tensor) -> torch.Tensor:
@@ -102,94 +166,155 @@ def _logprobs(fn: LogitsFn, x: torch.Tensor) -> torch.Tensor:
         return torch.log_softmax(fn(x).float(), dim=-1)
 
 
-def _prefix_mask(cuts: list[int], seq_len: int, device: torch.device) -> torch.Tensor:
-    """(B, T) bool: True at positions <= cut of each row."""
-    positions = torch.arange(seq_len, device=device)
-    return positions[None, :] <= torch.tensor(cuts, device=device)[:, None]
-
-
 def _max_diff(a: torch.Tensor, b: torch.Tensor, where: torch.Tensor | None = None) -> float:
-    # (B, T): worst vocabulary entry at each position. In place: one logits-sized temporary, not two
-    # (a fresh evaluator's heap may still page-fault them in; see evaluate.retain_freed_memory).
-    d = torch.sub(a, b).abs_().amax(dim=-1)
+    """Largest |a - b| (at ``where``); NaN in the difference counts as infinite. In place: one temporary."""
+    d = torch.sub(a, b).abs_()
+    if d.dim() == 3:
+        d = d.amax(dim=-1)
     if where is not None:
         d = d[where]
     worst = float(d.max()) if d.numel() else 0.0
-    return math.inf if math.isnan(worst) else worst  # NaN where the reference was finite: a failure
+    return math.inf if math.isnan(worst) else worst
 
 
-def run_probes(
-    fn: LogitsFn,
-    x: torch.Tensor,
-    plan: ProbePlan,
-    vocab_size: int,
-    low_precision_eps: float,
-    *,
-    on_reference: Callable[[torch.Tensor], None] | None = None,
-) -> tuple[dict[str, ProbeResult], dict[str, float]]:
-    """Run every probe on the batch ``x`` (B, T) int64; return results and the measured max deviations.
+def check_batch(
+    fn: LogitsFn, x: torch.Tensor, plan: ProbePlan, low_precision_eps: float
+) -> tuple[dict[str, ProbeResult], dict[str, float], torch.Tensor | None]:
+    """Finiteness, determinism and the row-alone check on one scoring batch ``x`` (B, T).
 
-    A probe that cannot be evaluated because an earlier one showed the logits unusable (non-finite) is
-    reported as not passed with that reason, so the first failure names the cause. ``on_reference``
-    gets the logits of the reference pass (the first call, on ``x`` unchanged), e.g. to score that batch
-    with them instead of running it once more.
+    Returns the results, the measured deviations, and the batch's first logits (the caller may score
+    the batch with them: the determinism check has just shown a second call gives the same answer), or
+    None when the logits were not finite.
     """
     results: dict[str, ProbeResult] = {}
     measured: dict[str, float] = {}
-    device = x.device
-    B, T = x.shape
-    gen = torch.Generator(device="cpu").manual_seed(plan.token_seed)
-
-    def random_tokens(*shape: int) -> torch.Tensor:
-        return torch.randint(0, vocab_size, shape, generator=gen).to(device)
-
-    ref_logits = fn(x)
-    if on_reference is not None:
-        on_reference(ref_logits)
-    finite = all_finite(ref_logits)
+    logits = fn(x)
+    finite = all_finite(logits)
     results["finite"] = ProbeResult(
         finite, "all logits finite" if finite else "the graph produced NaN or inf logits"
     )
     if not finite:
-        return results, measured
-    scale = float(ref_logits.float().abs().max())
-    ref = torch.log_softmax(ref_logits.float(), dim=-1)
-    del ref_logits
-
+        return results, measured, None
+    scale = float(logits.float().abs().max())
+    ref = torch.log_softmax(logits.float(), dim=-1)
     d = measured["determinism"] = _max_diff(ref, _logprobs(fn, x))
     results["determinism"] = ProbeResult(
         d <= TIGHT_NATS, f"same input twice: max |d log p| = {d:.3g} nats (tolerance {TIGHT_NATS:g})"
     )
-
-    worst = 0.0
-    for name, cuts, make_suffix in (
-        ("random", plan.random_cuts, lambda: random_tokens(B, T)),
-        ("natural", plan.natural_cuts, lambda: x.roll(shifts=-1, dims=0)),
-    ):
-        mask = _prefix_mask(cuts, T, device)
-        perturbed = torch.where(mask, x, make_suffix())
-        d = measured[f"causality_{name}"] = _max_diff(ref, _logprobs(fn, perturbed), mask)
-        worst = max(worst, d)
-    results["causality"] = ProbeResult(
-        worst <= TIGHT_NATS,
-        f"tokens after a secret position t replaced (random and real-text suffixes, "
-        f"{2 * B} cuts): logits at positions <= t moved by up to {worst:.3g} nats (tolerance {TIGHT_NATS:g})",
-    )
-
-    perm = torch.tensor(plan.permutation, device=device)
-    d_perm = measured["rows_permuted"] = _max_diff(ref[perm], _logprobs(fn, x[perm]))
-    kept = torch.zeros(B, dtype=torch.bool, device=device)
-    kept[torch.tensor(plan.kept_rows, device=device)] = True
-    mixed = torch.where(kept[:, None], x, random_tokens(B, T))
-    d_mix = measured["rows_replaced"] = _max_diff(ref[kept], _logprobs(fn, mixed)[kept])
+    r = min(plan.alone_row, x.shape[0] - 1)
     alone_tol = max(ALONE_FLOOR_NATS, 8 * low_precision_eps * max(scale, 1.0))
-    r = plan.alone_row
     d_alone = measured["row_alone"] = _max_diff(ref[r : r + 1], _logprobs(fn, x[r : r + 1]))
-    ok = d_perm <= TIGHT_NATS and d_mix <= TIGHT_NATS and d_alone <= alone_tol
-    results["row_independence"] = ProbeResult(
-        ok,
-        f"rows permuted: {d_perm:.3g} nats, other rows replaced: {d_mix:.3g} nats (tolerance "
-        f"{TIGHT_NATS:g}); row alone (B=1) vs in the batch: {d_alone:.3g} nats (tolerance {alone_tol:.3g})",
+    results["row_alone"] = ProbeResult(
+        d_alone <= alone_tol,
+        f"a row run alone (B=1) vs in its batch: {d_alone:.3g} nats (tolerance {alone_tol:.3g})",
     )
-    log.info("probes: %s", {k: round(v, 8) for k, v in measured.items()})
-    return results, measured
+    return results, measured, logits
+
+
+class TargetRecorder:
+    """Wraps the scoring ``logits_fn``: keeps each scored position's target log-probability.
+
+    ``prepare.evaluate_bpb`` calls it on rows[i : i + B, :-1] for i = 0, B, 2B, ... in order; the
+    recorder checks that it is handed exactly those rows and fills ``self.logprobs`` (N, T).
+    """
+
+    def __init__(self, fn: LogitsFn, rows: torch.Tensor, batch_size: int) -> None:
+        self.fn, self.rows, self.batch_size = fn, rows, batch_size
+        self.logprobs = torch.full(
+            (rows.shape[0], rows.shape[1] - 1), math.nan, dtype=torch.float32, device=rows.device
+        )
+        self.next_row = 0
+
+    def __call__(self, xb: torch.Tensor) -> torch.Tensor:
+        i = self.next_row
+        chunk = self.rows[i : i + self.batch_size]
+        if xb.shape != chunk[:, :-1].shape or not torch.equal(xb, chunk[:, :-1]):
+            raise RuntimeError(f"the scoring pass was not called on rows {i}.. in order")  # evaluator bug
+        logits = self.fn(xb)
+        if isinstance(logits, torch.Tensor) and logits.is_floating_point() and logits.dim() == 3:
+            if tuple(logits.shape[:2]) == tuple(xb.shape):
+                self.logprobs[i : i + xb.shape[0]] = target_logprobs(logits, chunk[:, 1:].to(logits.device))
+        self.next_row = i + xb.shape[0]
+        return logits
+
+
+def _shadow_batches(
+    rows: torch.Tensor, pp: PassPlan, batch_size: int, vocab_size: int, gen: torch.Generator
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(row ids, shadow input (b, T), keep mask (b, T)) per shadow batch of one pass, on rows' device."""
+    device = rows.device
+    T = rows.shape[1] - 1
+    cuts = torch.tensor(pp.cuts, device=device)
+    natural = torch.tensor(pp.natural, device=device)
+    donors = torch.tensor(pp.donors, device=device)
+    order = torch.tensor(pp.order, device=device)
+    positions = torch.arange(T, device=device)
+    for start in range(0, len(pp.order), batch_size):
+        ids = order[start : start + batch_size]
+        x = rows[ids, :-1]
+        noise = torch.randint(0, vocab_size, tuple(x.shape), generator=gen).to(device)
+        fill = torch.where(natural[ids][:, None], rows[donors[ids], :-1], noise)
+        keep = positions[None, :] <= cuts[ids][:, None]
+        shadow = torch.where(keep, x, fill)
+        # the first replaced token must differ, or a one-step leak at the cut would read the same token
+        at = (cuts[ids] + 1).unsqueeze(1)
+        original, placed = x.gather(1, at), shadow.gather(1, at)
+        bump = torch.randint(1, vocab_size, tuple(at.shape), generator=gen).to(device)
+        shadow.scatter_(1, at, torch.where(placed == original, (original + bump) % vocab_size, placed))
+        yield ids, shadow, keep
+
+
+def run_coverage(
+    fn: LogitsFn, rows: torch.Tensor, reference: torch.Tensor, plan: ProbePlan, vocab_size: int
+) -> tuple[dict[str, float], tuple[str, int, int, float] | None]:
+    """Run every shadow pass over all rows (N, T+1); compare with the scoring pass's ``reference`` (N, T).
+
+    Returns the largest deviation of each pass (nats) and the first failure found as (pass, row id,
+    position, deviation), or None. Stops at the first failing batch: the verdict is then known.
+    """
+    gen = torch.Generator().manual_seed(plan.seed ^ 0x5EED)
+    worst: dict[str, float] = {}
+    targets = rows[:, 1:]
+    for pp in plan.passes:
+        worst[pp.name] = 0.0
+        for ids, shadow, keep in _shadow_batches(rows, pp, plan.batch_size, vocab_size, gen):
+            with torch.inference_mode():
+                got = target_logprobs(fn(shadow), targets[ids])
+            d = torch.sub(got, reference[ids]).abs_()
+            d = torch.where(keep, torch.nan_to_num(d, nan=math.inf), torch.zeros_like(d))
+            batch_worst = float(d.max())
+            worst[pp.name] = max(worst[pp.name], batch_worst)
+            if batch_worst > TIGHT_NATS:
+                flat = int(d.argmax())
+                row, pos = int(ids[flat // d.shape[1]]), flat % d.shape[1]
+                return worst, (pp.name, row, pos, batch_worst)
+    return worst, None
+
+
+def coverage_results(
+    worst: dict[str, float], failure: tuple[str, int, int, float] | None, plan: ProbePlan
+) -> dict[str, ProbeResult]:
+    """The ``causality`` and ``row_independence`` results from ``run_coverage``'s measurements."""
+    n = plan.n_rows
+    failed_pass = failure[0] if failure else None
+    where = f" (row {failure[1]}, position {failure[2]}, {failure[3]:.3g} nats)" if failure else ""
+    results: dict[str, ProbeResult] = {}
+    if "causality" in worst:
+        d = worst["causality"]
+        results["causality"] = ProbeResult(
+            failed_pass != "causality",
+            f"every one of {n} scored rows cut at a secret position, tokens after it replaced: the "
+            f"target log-probability at positions <= the cut moved by up to {d:.3g} nats "
+            f"(tolerance {TIGHT_NATS:g}){where if failed_pass == 'causality' else ''}",
+        )
+    rows_passes = [k for k in worst if k != "causality"]
+    if rows_passes:
+        d = max(worst[k] for k in rows_passes)
+        failed = failed_pass in rows_passes
+        results["row_independence"] = ProbeResult(
+            not failed,
+            f"all {n} rows shuffled into new batches (secret permutation), each cut afresh: the target "
+            f"log-probability at positions <= the cut moved by up to {d:.3g} nats (tolerance "
+            f"{TIGHT_NATS:g}){where if failed else ''}",
+        )
+    return results

@@ -4,8 +4,11 @@ before the evaluator has checked it.
 
 Properties, each with the attack that would break it (tests/attacks/corpus/NAME.py). The model
 attacks would score if their check were gone (measured on the tiny split, see each file):
-- causality: a graph that reads token t+1 at position t (non_causal, ~0.03 val_bpb);
-- row independence: a graph that fits a bigram on the other rows of its batch (row_leak, ~1.6);
+- causality: a graph that reads token t+1 at position t (non_causal, ~0.03 val_bpb), or only at
+  positions or rows it picks by a hash of the tokens (position_lottery, row_lottery): every scored row
+  is checked, not a sample;
+- row independence: a graph that fits a bigram on the other rows of its batch (row_leak, ~1.6), or
+  only in rows it picks by content (cross_row_lottery);
 - purity: a graph that counts its calls in a buffer and cheats after the probes (buffer_mutation);
 - the signature: a graph that returns its own loss and score beside the logits (extra_outputs);
 - the operator allow-list: a graph that reads the validation split off the evaluator's disk with
@@ -47,17 +50,40 @@ def _probe(attack: AttackResult, name: str) -> bool:
 def test_a_graph_that_reads_the_next_token_fails_the_causality_probe(attack: AttackResult) -> None:
     _rejected_by(attack, "probe:causality")
     assert not _probe(attack, "causality")
-    assert attack.report["probe_deviation_nats"]["causality_random"] > 1.0  # a real leak, not noise
-    assert _probe(attack, "finite") and _probe(attack, "determinism")
-    assert _probe(attack, "row_independence")  # rows are independent: causality alone caught it
+    assert attack.report["probe_deviation_nats"]["causality"] > 1.0  # a real leak, not noise
+    assert _probe(attack, "finite") and _probe(attack, "determinism") and _probe(attack, "row_alone")
 
 
 @pytest.mark.attack("row_leak", time_budget_s=EXPORT_BUDGET_S)
 def test_a_graph_that_learns_from_other_rows_fails_the_row_probe(attack: AttackResult) -> None:
-    # Any cross-row leak worth having also reads other rows' later tokens, so causality (probed
-    # first) fails too; the row-independence probe must catch it by itself all the same.
+    # A row run alone has no other rows to learn from: the one-batch row check catches it before it is
+    # scored; any cross-row leak worth having also reads other rows' later tokens (the causality pass).
+    _rejected_by(attack, "probe:row_alone", "probe:causality", "probe:row_independence")
+    assert _probe(attack, "finite") and _probe(attack, "determinism")
+
+
+# Lotteries: leaks confined to rows or positions the graph picks by a hash of the tokens it sees. A
+# check on one sampled batch let them score in 2 of 3 (rows) and 2 of 6 (positions) evaluations; every
+# scored row is checked now. Each scores below its own honest bigram with the coverage check switched
+# off (tests/test_evaluator_checks_every_scored_row.py).
+
+
+@pytest.mark.attack("position_lottery", time_budget_s=EXPORT_BUDGET_S)
+def test_a_leak_at_positions_chosen_by_content_is_rejected(attack: AttackResult) -> None:
     _rejected_by(attack, "probe:causality", "probe:row_independence")
-    assert not _probe(attack, "row_independence"), attack.report["probes"]
+    assert _probe(attack, "finite") and _probe(attack, "determinism") and _probe(attack, "row_alone")
+    assert attack.json_line("ATTACK ")["rate"] == 0.02
+
+
+@pytest.mark.attack("row_lottery", time_budget_s=EXPORT_BUDGET_S)
+def test_a_leak_in_rows_chosen_by_content_is_rejected(attack: AttackResult) -> None:
+    _rejected_by(attack, "probe:causality", "probe:row_independence")
+    assert _probe(attack, "finite") and _probe(attack, "determinism")
+
+
+@pytest.mark.attack("cross_row_lottery", time_budget_s=EXPORT_BUDGET_S)
+def test_rows_chosen_by_content_that_read_other_rows_are_rejected(attack: AttackResult) -> None:
+    _rejected_by(attack, "probe:row_alone", "probe:causality", "probe:row_independence")
     assert _probe(attack, "finite") and _probe(attack, "determinism")
 
 

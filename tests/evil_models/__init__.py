@@ -55,13 +55,14 @@ class NonCausal(Honest):
 
 
 class RowMixing(Honest):
-    """Mixes the batch: every row sees the mean over the batch of the first position. It is causal
-    within each row's timeline (position 0 precedes everything), so only the row probe can catch it.
-    A full batch mean would also leak other rows' later tokens and fail causality first."""
+    """Mixes the batch: from position 1 on, every row sees the mean over the batch of position 1 (the
+    first real token; position 0 is BOS in every row, so mixing that would carry nothing). It is causal
+    within each row's timeline, so only a check that changes the other rows can catch it."""
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         h = self.attend(self.wte(idx))
-        return self.head(h + h[:, :1].mean(dim=0, keepdim=True))
+        later = (torch.arange(idx.shape[1]) >= 1).float()[None, :, None]
+        return self.head(h + later * h[:, 1:2].mean(dim=0, keepdim=True))
 
 
 class NaNLogits(Honest):
