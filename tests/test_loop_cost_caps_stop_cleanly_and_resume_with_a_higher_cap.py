@@ -13,11 +13,24 @@ from pathlib import Path
 
 import pytest
 
+import harness.loop_cmds as loop_cmds
 from harness.agents.fake import FakeMessagesServer
+from harness.cli import main
 from harness.ledger import Ledger, run_cost, verify
 from harness.loop import CapReached
 from harness.report import load_run, render_markdown, status_text
-from tests.claude_loop import CALL_COST, PROPOSAL_COST, USAGE, fake_server, propose, run
+from tests.claude_loop import (
+    CALL_COST,
+    MODEL,
+    PRICE,
+    PROGRAM,
+    PROPOSAL_COST,
+    USAGE,
+    fake_server,
+    propose,
+    run,
+)
+from tests.test_loop_fakes_honour_the_protocols import START, FakeSandbox
 
 
 @pytest.fixture
@@ -97,4 +110,41 @@ def test_a_per_proposal_cap_stops_the_run_and_its_cost_stays_recorded(
     assert candidates(run_dir) == 1
     assert run_cost(Ledger(run_dir / "ledger.jsonl").rows()).cost_usd == pytest.approx(2 * PROPOSAL_COST)
     assert "proposals that produced no trial" in status_text(run_dir)
+    assert verify(run_dir).ok
+
+
+def test_the_cli_exits_9_naming_the_cap_and_status_shows_the_cost(
+    tmp_path: Path,
+    server: FakeMessagesServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`python -m harness run --max-cost-usd` stops with exit code 9 and says which cap; the same command
+    with a higher cap continues the same run folder; `status` shows what the agent cost."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("AUTORESEARCH_PROFILE", "AUTORESEARCH_AGENT", "AUTORESEARCH_MAX_TRIALS"):
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / "program.md").write_text(PROGRAM, encoding="utf-8")
+    (tmp_path / "train.py").write_text(START, encoding="utf-8")
+    (tmp_path / "autoresearch.toml").write_text(
+        f'[agent_settings]\nmodel = "{MODEL}"\napi_base_url = "{server.base_url}"\nretry_base_s = 0.01\n'
+        f"[agent_settings.prices.{MODEL}]\ninput = {PRICE.input}\noutput = {PRICE.output}\n"
+        f"cache_write = {PRICE.cache_write}\ncache_read = {PRICE.cache_read}\n",
+        encoding="utf-8",
+    )
+    monkeypatch.setattr(loop_cmds, "_make_sandbox", lambda backend, data_dir: FakeSandbox())
+    monkeypatch.setattr(loop_cmds, "_ensure_data", lambda profile, data_dir: None)
+    queue(server, 0, 3)
+    args = ["run", "--profile", "tiny", "--agent", "claude", "--backend", "local", "--max-trials", "10"]
+
+    assert main([*args, "--max-cost-usd", str(1.5 * PROPOSAL_COST)]) == loop_cmds.EXIT_CAP == 9
+    assert "cap max_cost_usd reached" in capsys.readouterr().err
+    run_dir = tmp_path / "runs" / "tiny-claude"
+    assert candidates(run_dir) == 2
+
+    assert main([*args, "--max-cost-usd", str(2.5 * PROPOSAL_COST)]) == 9
+    assert candidates(run_dir) == 3
+    capsys.readouterr()
+    assert main(["status", str(run_dir)]) == 0
+    assert f"agent cost so far: ${3 * PROPOSAL_COST:.4f}" in capsys.readouterr().out
     assert verify(run_dir).ok
