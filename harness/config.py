@@ -155,6 +155,18 @@ class Settings(BaseSettings):
         "runs right after the baseline); 0: off, with a warning; None: "
         f"{DEFAULT_CANARY_INTERVAL} on docker, off on local (which isolates nothing)",
     )
+    max_cost_usd: float | None = Field(
+        default=None,
+        gt=0,
+        description="stop the run (exit 9) once the agent has cost this much in USD; resume with a higher "
+        "cap. Per-proposal caps are agent_settings.max_cost_usd_per_proposal and max_tokens_per_proposal",
+    )
+    program_evolution_every: int = Field(
+        default=0,
+        ge=0,
+        description="every N candidate trials, let the agent rewrite program.md's research-guidance "
+        "section (harness/program.py); 0: off, program.md stays as written",
+    )
     judge: JudgeSettings = Field(default_factory=JudgeSettings)
     retries: RetrySettings = Field(default_factory=RetrySettings)
     limits: dict[str, Any] = Field(default_factory=dict, description="overrides of sandbox.limits.Limits")
@@ -338,6 +350,8 @@ class RunConfig(BaseModel):
     # with `resolve_canary_interval` (10 on docker); a RunConfig built by hand runs no canary unless asked.
     canary_interval: int = Field(default=0, ge=0)
     workers: int = Field(default=1, ge=1, le=64)
+    max_cost_usd: float | None = Field(default=None, gt=0)  # the run's agent cost cap (None: none)
+    program_evolution_every: int = Field(default=0, ge=0)  # 0: program.md stays as the human wrote it
 
 
 # --------------------------------------------------------------------------- the run folder
@@ -446,6 +460,16 @@ class RunPaths:
     @property
     def report_md(self) -> Path:
         return self.root / "report.md"
+
+    @property
+    def notes(self) -> Path:
+        """Each version of the agent's notes, as notes/<trial_id>.md (the trial it was written for)."""
+        return self.root / "notes"
+
+    @property
+    def programs(self) -> Path:
+        """Each evolved program.md and its diff, as programs/<program_id>.md and .diff."""
+        return self.root / "programs"
 
     def trial(self, trial_id: str) -> TrialPaths:
         return TrialPaths(self.trials / trial_id)

@@ -16,6 +16,10 @@ Deliberate properties:
 - Tamper evidence, not tamper proof: whoever can write the file can rewrite the whole chain. The
   last row's hash, copied elsewhere (the report prints it), pins everything before it.
 
+Most rows are trials (`TrialRecord`); two kinds are not (`NON_TRIAL_KINDS`): `program` (a step of the
+opt-in program evolution, `ProgramRecord`) and `spend` (the cost of a proposal that produced no trial,
+`SpendRecord`). They chain and verify like any row; `records()` returns the trials only.
+
 The module also holds the schemas of the run folder's other records: `TrialRecord` (a ledger row),
 `TrialPlan` (a trial folder's trial.json, written before the trial runs), `RunMeta` (run.json), and
 the helpers that write and hash a trial folder's files.
@@ -27,7 +31,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -224,7 +228,16 @@ class Ledger:
         return rows
 
     def records(self) -> list[TrialRecord]:
-        return [TrialRecord.model_validate(row) for row in self.rows()]
+        """The trial rows (the rows of NON_TRIAL_KINDS are read with `programs` and `spends`)."""
+        return [
+            TrialRecord.model_validate(row) for row in self.rows() if row.get("kind") not in NON_TRIAL_KINDS
+        ]
+
+    def programs(self) -> list[ProgramRecord]:
+        return [ProgramRecord.model_validate(row) for row in self.rows() if row.get("kind") == "program"]
+
+    def spends(self) -> list[SpendRecord]:
+        return [SpendRecord.model_validate(row) for row in self.rows() if row.get("kind") == "spend"]
 
     def verify(self) -> VerifyResult:
         return verify(self.path)
@@ -358,14 +371,17 @@ class TrialRecord(BaseModel):
     started_at: str
     finished_at: str
     canary: CanaryCheck | None = None  # set on canary rows only
+    notes_sha256: str | None = None  # the agent's notes written for this trial (notes/<trial_id>.md)
     # Set by the ledger on append; present on every row read back.
     index: int | None = None
     prev_hash: str | None = None
     hash: str | None = None
 
     def to_row(self) -> dict[str, Any]:
-        """The row to append (the chain keys are the ledger's to set; `canary` only on canary rows)."""
+        """The row to append (the chain keys are the ledger's to set; `canary` only on canary rows,
+        `notes_sha256` only on rows whose proposal rewrote the notes)."""
         exclude = set(CHAIN_KEYS) | ({"canary"} if self.canary is None else set())
+        exclude |= {"notes_sha256"} if self.notes_sha256 is None else set()
         return self.model_dump(mode="json", exclude=exclude)
 
     def result_row(self) -> ResultRow:
@@ -386,6 +402,78 @@ class TrialRecord(BaseModel):
             candidate_commit=self.candidate_commit,
             code_lines=self.code_lines,
         )
+
+
+# --------------------------------------------------------------------------- rows that are not trials
+
+# `program`: a program-evolution step (harness/program.py). `spend`: what a proposal that was abandoned
+# cost (a cap reached, or the agent gave up), so the run's cost in the ledger is all it spent. Neither
+# is a trial: `Ledger.records()` leaves them out, so nothing that judges or counts trials sees them.
+NON_TRIAL_KINDS = frozenset({"program", "spend"})
+
+
+class ProgramRecord(BaseModel):
+    """One program-evolution step: the new program.md (or why there is none: outcome `failed`)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    kind: Literal["program"] = "program"
+    program_id: str  # p0001, p0002, ...: programs/<program_id>.md and .diff
+    outcome: Literal["applied", "failed"]
+    after_candidates: int  # candidate trials recorded when it was made
+    worker: str
+    description: str
+    commit: str | None = None  # the lineage commit of the new program.md (refs/autoresearch/program)
+    parent_commit: str | None = None  # the program commit it was derived from
+    program_sha256: str | None = None  # of programs/<program_id>.md
+    previous_sha256: str | None = None  # of the program.md it replaced
+    diff_sha256: str | None = None  # of programs/<program_id>.diff
+    agent: AgentRecord | None = None
+    created_at: str
+    index: int | None = None
+    prev_hash: str | None = None
+    hash: str | None = None
+
+    def to_row(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude=set(CHAIN_KEYS))
+
+
+class SpendRecord(BaseModel):
+    """The cost of a proposal that produced no trial (a cap reached, or the agent gave up)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    kind: Literal["spend"] = "spend"
+    worker: str
+    reason: str
+    agent: AgentRecord
+    created_at: str
+    index: int | None = None
+    prev_hash: str | None = None
+    hash: str | None = None
+
+    def to_row(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude=set(CHAIN_KEYS))
+
+
+def run_cost(rows: Iterable[Mapping[str, Any]]) -> Usage:
+    """The agent usage of every row of a ledger (trials, program steps, abandoned proposals), summed."""
+    total = Usage()
+    for row in rows:
+        agent = row.get("agent")
+        if not isinstance(agent, Mapping) or not isinstance(agent.get("usage"), Mapping):
+            continue
+        u = Usage.model_validate(agent["usage"])
+        total = Usage(
+            model=total.model or u.model,
+            input_tokens=total.input_tokens + u.input_tokens,
+            output_tokens=total.output_tokens + u.output_tokens,
+            cache_read_input_tokens=total.cache_read_input_tokens + u.cache_read_input_tokens,
+            cache_creation_input_tokens=total.cache_creation_input_tokens + u.cache_creation_input_tokens,
+            cost_usd=total.cost_usd + u.cost_usd,
+            api_calls=total.api_calls + u.api_calls,
+        )
+    return total
 
 
 # --------------------------------------------------------------------------- the run folder's other records
@@ -420,6 +508,7 @@ class TrialPlan(BaseModel):
     code_lines: int
     invalid: str | None = None  # why it will not run (does not parse, no change)
     agent: AgentRecord | None = None
+    notes_sha256: str | None = None  # the notes its proposal wrote (notes/<trial_id>.md), if it did
     created_at: str
     worker: str
 

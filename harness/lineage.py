@@ -16,6 +16,9 @@ Refs:
   loses them to `git reset`).
 - `refs/autoresearch/orphaned/<trial>`: a commit whose trial never reached the ledger (the
   controller died, or the trial was abandoned).
+- `refs/autoresearch/program`: with program evolution on (harness/program.py), the last evolved
+  program.md, a chain of commits of that one file whose root is the human's program.md at the first
+  step; each step's commit is named in its `program` ledger row.
 
 Deliberate properties:
 - Git is driven with plumbing (hash-object, mktree, commit-tree, update-ref): no index, no
@@ -45,6 +48,8 @@ PENDING = "refs/autoresearch/pending/"
 DISCARDED = "refs/autoresearch/discarded/"
 ORPHANED = "refs/autoresearch/orphaned/"
 SUPERSEDED = "refs/autoresearch/superseded/"
+PROGRAM_REF = "refs/autoresearch/program"
+PROGRAM_FILE = "program.md"
 AUTHOR_NAME = "autoresearch"
 AUTHOR_EMAIL = "autoresearch@localhost"
 ZERO_OID = "0" * 40
@@ -202,6 +207,25 @@ class Lineage:
     def read(self, commit: str) -> str:
         """train.py as of `commit`."""
         return self._git("cat-file", "blob", f"{commit}:{CANDIDATE_FILE}")
+
+    # ------------------------------------------------------------------ program.md (opt-in evolution)
+
+    def commit_program(self, content: str, *, parent: str | None, message: str) -> str:
+        """Commit a program.md (a tree of that one file) as a child of `parent`; no ref moves."""
+        blob = self._git("hash-object", "-w", "--stdin", stdin=content).strip()
+        tree = self._git("mktree", stdin=f"100644 blob {blob}\t{PROGRAM_FILE}\n").strip()
+        parent_args = ["-p", parent] if parent else []
+        return self._git("commit-tree", tree, *parent_args, stdin=message).strip()
+
+    def program_head(self) -> str | None:
+        return self.resolve(PROGRAM_REF)
+
+    def set_program(self, commit: str, *, why: str) -> None:
+        """Point the program chain's ref at `commit` (the ledger's last applied program row)."""
+        self._update_ref(PROGRAM_REF, commit, why=f"autoresearch: {why}")
+
+    def read_program(self, commit: str) -> str:
+        return self._git("cat-file", "blob", f"{commit}:{PROGRAM_FILE}")
 
     # ------------------------------------------------------------------ crash recovery
 

@@ -36,6 +36,15 @@ Deliberate choices:
   lineage happens under that same lock. The run lock is the controller's, not a worker's. Each
   worker runs in a `Seat` (its name, agent, and the limits and GPU ids its lease gives it), which
   the methods below read through `self.seat`; a single worker sits in the main thread's seat.
+- The agent as a researcher: its notes (`Proposal.notes`) are stored as notes/<trial_id>.md with their
+  hash in that trial's row, and the newest recorded version goes into every later context (so they
+  survive a resume); `view_trial` looks up recorded trials (never a path, nothing of the evaluator's
+  report beyond the verdict); the history is the whole run with each score's delta to the baseline.
+- Cost caps: `max_cost_usd` (the run) is checked before each proposal against the cost the ledger
+  records (trial rows, `program` rows, and `spend` rows for proposals that produced no trial); the
+  agent checks the per-proposal caps. Either stops the run with CapReached (exit 9), resumable with a
+  higher cap.
+- Program evolution (opt-in, harness/program.py) runs just before a candidate is planned when due.
 """
 
 from __future__ import annotations
@@ -64,16 +73,21 @@ from filelock import FileLock
 from filelock import Timeout as LockTimeout
 
 from harness import canary, interrupts
+from harness import program as programs
 from harness.agents.base import (
     LOG_TAIL_LIMIT,
     Agent,
+    AgentCapReached,
     AgentContext,
     AgentError,
     AgentExhausted,
     AgentFatal,
     HistoryRow,
     LastTrial,
+    ProgramContext,
+    ProgramEditor,
     Proposal,
+    TrialLookup,
     Usage,
 )
 from harness.config import RunConfig, RunPaths, TrialPaths
@@ -81,11 +95,14 @@ from harness.judge import Action, Judgement, JudgeState, code_lines, judge, repl
 from harness.ledger import (
     AgentRecord,
     Ledger,
+    ProgramRecord,
     RunMeta,
     RunRecord,
+    SpendRecord,
     TrialPlan,
     TrialRecord,
     hash_tree,
+    run_cost,
     sha256_file,
     write_atomic,
 )
@@ -142,6 +159,14 @@ class AgentGaveUp(LoopError):
 
 class InvalidStreak(LoopError):
     pass
+
+
+class CapReached(LoopError):
+    """A cost or token cap was reached: the run stops cleanly; `cap` names the setting."""
+
+    def __init__(self, message: str, *, cap: str) -> None:
+        super().__init__(message)
+        self.cap = cap
 
 
 class IsolationBroken(LoopError):
@@ -358,6 +383,7 @@ class ResearchLoop:
         self.program = ""
         self.recorded = 0
         self.changes: list[str] = []
+        self._warned: set[str] = set()  # one-time warnings already logged
 
     @property
     def seat(self) -> Seat:
@@ -474,6 +500,11 @@ class ResearchLoop:
         self.changes += self.lineage.reconcile(
             best_commit=best, decided=decided, in_progress={p.trial_id for p in pending}
         )
+        applied = [p for p in self.ledger.programs() if p.outcome == "applied" and p.commit]
+        if applied and self.lineage.program_head() != applied[-1].commit:
+            assert applied[-1].commit is not None
+            self.lineage.set_program(applied[-1].commit, why=f"{applied[-1].program_id} (reconciled)")
+            self.changes.append(f"lineage: program ref -> {applied[-1].program_id} (as the ledger records)")
         return pending
 
     def _meta(self, records: Sequence[TrialRecord]) -> RunMeta | None:
@@ -591,6 +622,23 @@ class ResearchLoop:
                 f"the agent's last {streak} proposals did not run (they do not parse or change nothing); "
                 f"see the reasons with `python -m harness status {self.paths.root}` and check program.md"
             )
+        self._check_cost()
+
+    def _spent(self) -> Usage:
+        """What the agent has cost this run, as the ledger records it."""
+        return run_cost(self.ledger.rows())
+
+    def _check_cost(self) -> None:
+        cap = self.config.max_cost_usd
+        if cap is None:
+            return
+        spent = self._spent().cost_usd
+        if spent >= cap:
+            raise CapReached(
+                f"cap max_cost_usd reached: the agent has cost ${spent:.4f} of ${cap:.4f}. Everything is "
+                f"recorded in {self.paths.root}; raise max_cost_usd and run the same command to continue.",
+                cap="max_cost_usd",
+            )
 
     def _allocate(self, records: Sequence[TrialRecord]) -> str:
         """The next trial id, claimed with an atomic mkdir (several workers never get the same one)."""
@@ -654,32 +702,30 @@ class ResearchLoop:
         parent = state.best.commit
         parent_text = self.lineage.read(parent)
         candidates = sum(1 for r in records if r.kind == "candidate") if index is None else index
+        history = self._history(records, state)
+        notes = self._current_notes(records)
+        program = self._program_in_use(records, state, history, notes)
         ctx = AgentContext(
-            program=self._program(),
+            program=program,
+            notes=notes,
             train_py=parent_text,
             best_val_bpb=state.best.val_bpb,
-            history=tuple(
-                HistoryRow(
-                    trial_id=r.trial_id,
-                    status=r.status.value,
-                    decision=r.decision.value,
-                    val_bpb=r.val_bpb,
-                    description=r.description,
-                )
-                for r in records
-                if r.kind != "canary"  # controls are the controller's business, not the agent's
-            ),
+            history=history,
             last=next((self._last_trial(r) for r in reversed(records) if r.kind != "canary"), None),
             profile=self.config.profile,
             trial_index=candidates,
             seed=derive_seed(self.config.seed, "agent", candidates),
+            view_trial=self._lookup,
         )
-        self.progress.phase(f"#{candidates}", f"asking the {self.agent.name} agent for a proposal")
+        self.progress.phase(
+            f"#{candidates}", f"asking the {self.agent.name} agent for a proposal{self._cost_note()}"
+        )
         proposal, agent_record = self._propose(ctx)
         text = proposal.train_py
         invalid = validate_proposal(text, parent_text)
         description = sanitize_description(proposal.description) or "(no description)"
         trial_id = self._allocate(records)
+        notes_sha256 = self._store_notes(trial_id, proposal.notes, notes)
         tp = self.paths.trial(trial_id)
         tp.candidate.write_text(text, encoding="utf-8")
         tp.diff.write_text(
@@ -700,11 +746,244 @@ class ResearchLoop:
             code_lines=code_lines(text),
             invalid=invalid,
             agent=agent_record,
+            notes_sha256=notes_sha256,
             created_at=now_iso(),
             worker=self.worker,
         )
         write_atomic(tp.trial_json, plan.model_dump_json(indent=2) + "\n")
         return plan
+
+    # ------------------------------------------------------------------ the agent as a researcher
+
+    def _history(self, records: Sequence[TrialRecord], state: JudgeState) -> tuple[HistoryRow, ...]:
+        """The whole run, compact (the agent caps what it shows); canaries are the controller's business."""
+        base = state.noise.mean if state.noise is not None else None
+        return tuple(
+            HistoryRow(
+                trial_id=r.trial_id,
+                status=r.status.value,
+                decision=r.decision.value,
+                val_bpb=r.val_bpb,
+                description=r.description,
+                delta=r.val_bpb - base if r.val_bpb is not None and base is not None else None,
+            )
+            for r in records
+            if r.kind != "canary"
+        )
+
+    def _current_notes(self, records: Sequence[TrialRecord]) -> str:
+        """The newest notes a recorded trial's proposal wrote ("" if none did)."""
+        for r in reversed(records):
+            if r.notes_sha256 is None:
+                continue
+            path = self.paths.notes / f"{r.trial_id}.md"
+            try:
+                text = path.read_text(encoding="utf-8")
+            except OSError as exc:
+                logger.warning(
+                    "the notes written for %s are missing (%s); the agent starts without", r.trial_id, exc
+                )
+                return ""
+            if hashlib.sha256(text.encode()).hexdigest() != r.notes_sha256:
+                logger.warning(
+                    "%s does not match the hash in %s's ledger row: it was edited", path, r.trial_id
+                )
+            return text
+        return ""
+
+    def _store_notes(self, trial_id: str, new: str | None, current: str) -> str | None:
+        """Write a new version of the notes as notes/<trial_id>.md; its sha256, or None if unchanged."""
+        if new is None or new == current:
+            return None
+        self.paths.notes.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.paths.notes / f"{trial_id}.md", new)
+        return hashlib.sha256(new.encode()).hexdigest()
+
+    def _lookup(self, trial_id: str) -> TrialLookup | None:
+        """`view_trial`: a recorded baseline or candidate trial by id; None for anything else."""
+        if not TRIAL_ID.match(trial_id):
+            return None
+        records = self.ledger.records()
+        found = next((r for r in records if r.trial_id == trial_id and r.kind != "canary"), None)
+        if found is None:
+            return None
+        tp = self.paths.trial(trial_id)
+        diff = ""
+        if found.kind == "candidate" and tp.diff.is_file():
+            diff = tp.diff.read_text(encoding="utf-8", errors="replace")
+        parent = next(
+            (r.trial_id for r in records if r.candidate_commit == found.parent_commit and r.kind != "canary"),
+            (found.parent_commit or "")[:12],
+        )
+        last = self._last_trial(found)
+        return TrialLookup(
+            trial_id=found.trial_id,
+            kind=found.kind,
+            status=last.status,
+            decision=last.decision,
+            val_bpb=found.val_bpb,
+            description=found.description,
+            reason=found.reason,
+            parent=parent,
+            diff=diff,
+            log_tail=last.log_tail,
+        )
+
+    def _cost_note(self) -> str:
+        cap = self.config.max_cost_usd
+        spent = self._spent()
+        if not spent.api_calls and cap is None:
+            return ""
+        return f" (${spent.cost_usd:.2f} spent so far" + (f" of ${cap:.2f})" if cap is not None else ")")
+
+    def _program_in_use(
+        self, records: Sequence[TrialRecord], state: JudgeState, history: tuple[HistoryRow, ...], notes: str
+    ) -> str:
+        """program.md for the next proposal: the human's, with the evolved guidance when evolution is on
+        (after an evolution step, if one is due now)."""
+        human = self._program()
+        every = self.config.program_evolution_every
+        if every <= 0:
+            return human  # pinned: the human's program.md as written
+        steps = self.ledger.programs()
+        current = self._evolved(human, steps)
+        candidates = sum(1 for r in records if r.kind == "candidate")
+        if not programs.due(candidates, every, steps[-1].after_candidates if steps else None):
+            return current
+        if not isinstance(self.agent, ProgramEditor):
+            if "editor" not in self._warned:
+                logger.warning(
+                    "program evolution is on but the %s agent cannot edit program.md", self.agent.name
+                )
+                self._warned.add("editor")
+            return current
+        guidance = programs.guidance_of(current)
+        if guidance is None:
+            if "markers" not in self._warned:
+                logger.warning(
+                    "program evolution is on but %s has no research-guidance section (%s ... %s); skipped",
+                    self.config.program,
+                    programs.GUIDANCE_START,
+                    programs.GUIDANCE_END,
+                )
+                self._warned.add("markers")
+            return current
+        ctx = ProgramContext(
+            program=current,
+            guidance=guidance,
+            notes=notes,
+            history=history,
+            best_val_bpb=state.best.val_bpb if state.best else None,
+            baseline_val_bpb=state.noise.mean if state.noise else None,
+            candidates=candidates,
+            view_trial=self._lookup,
+        )
+        self.progress.phase(f"#{candidates}", f"asking the agent to revise program.md{self._cost_note()}")
+        new = self._evolve(ctx, human, current, steps, candidates)
+        self._check_cost()
+        return new
+
+    def _evolved(self, human: str, steps: Sequence[ProgramRecord]) -> str:
+        """The human's program.md with the last applied step's guidance (the human's alone if none)."""
+        applied = [p for p in steps if p.outcome == "applied"]
+        if not applied or programs.split(human) is None:
+            return human
+        path = self.paths.programs / f"{applied[-1].program_id}.md"
+        try:
+            evolved = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            logger.warning("%s is missing (%s): using program.md as written", path, exc)
+            return human
+        guidance = programs.guidance_of(evolved)
+        return programs.with_guidance(human, guidance) if guidance is not None else human
+
+    def _evolve(
+        self, ctx: ProgramContext, human: str, current: str, steps: Sequence[ProgramRecord], candidates: int
+    ) -> str:
+        """One program-evolution step: ask, store, commit, record. Returns the program.md to use."""
+        assert isinstance(self.agent, ProgramEditor)
+        program_id = f"p{len(steps) + 1:04d}"
+        started = time.monotonic()
+        try:
+            proposal = self.agent.propose_program(ctx)
+        except AgentCapReached as exc:
+            self._record_spend(exc.usage or Usage(), f"program evolution {program_id}: {exc}")
+            raise CapReached(
+                f"{exc}. Raise the cap and run the same command to continue.", cap=exc.cap
+            ) from exc
+        except AgentFatal as exc:
+            raise AgentGaveUp(f"the {self.agent.name} agent cannot work as configured: {exc}") from exc
+        except AgentError as exc:
+            logger.warning("program evolution %s failed: %s; program.md stays as it is", program_id, exc)
+            record = ProgramRecord(
+                program_id=program_id,
+                outcome="failed",
+                after_candidates=candidates,
+                worker=self.worker,
+                description=f"failed: {exc}"[:500],
+                agent=AgentRecord(name=self.agent.name, usage=exc.usage or Usage()),
+                created_at=now_iso(),
+            )
+            with _signals_held():
+                self.ledger.append(record.to_row())
+            return current
+        new = programs.with_guidance(human, proposal.guidance)
+        if programs.rules_of(new) != programs.rules_of(human):  # by construction; checked all the same
+            raise LoopError("a program-evolution step would have changed program.md's rules; nothing written")
+        applied = [p for p in steps if p.outcome == "applied" and p.commit]
+        previous = applied[-1].commit if applied else None
+        self.paths.programs.mkdir(parents=True, exist_ok=True)
+        md = self.paths.programs / f"{program_id}.md"
+        diff_path = self.paths.programs / f"{program_id}.diff"
+        write_atomic(md, new)
+        label = applied[-1].program_id if applied else "as written"
+        write_atomic(diff_path, programs.program_diff(current, new, old_label=label, new_label=program_id))
+        with _signals_held(), self.ledger.locked():
+            if previous is None:  # the chain's root: the program.md the first step started from
+                previous = self.lineage.commit_program(
+                    current, parent=None, message="program.md as the human wrote it\n"
+                )
+            commit = self.lineage.commit_program(
+                new,
+                parent=previous,
+                message=f"{program_id}: {proposal.description}\n\nAfter {candidates} candidate trials.\n",
+            )
+            record = ProgramRecord(
+                program_id=program_id,
+                outcome="applied",
+                after_candidates=candidates,
+                worker=self.worker,
+                description=proposal.description,
+                commit=commit,
+                parent_commit=previous,
+                program_sha256=sha256_file(md),
+                previous_sha256=hashlib.sha256(current.encode()).hexdigest(),
+                diff_sha256=sha256_file(diff_path),
+                agent=AgentRecord(
+                    name=self.agent.name,
+                    model=proposal.usage.model,
+                    usage=proposal.usage,
+                    propose_s=round(time.monotonic() - started, 3),
+                ),
+                created_at=now_iso(),
+            )
+            self.ledger.append(record.to_row())
+            self.lineage.set_program(commit, why=f"{program_id} after {candidates} candidates")
+        logger.info("program.md revised (%s): %s", program_id, proposal.description)
+        return new
+
+    def _record_spend(self, usage: Usage, reason: str) -> None:
+        """A ledger row for what a proposal that produced no trial cost (nothing when it cost nothing)."""
+        if not usage.api_calls and not usage.cost_usd:
+            return
+        record = SpendRecord(
+            worker=self.worker,
+            reason=reason[:1000],
+            agent=AgentRecord(name=self.agent.name, model=usage.model, usage=usage),
+            created_at=now_iso(),
+        )
+        with _signals_held():
+            self.ledger.append(record.to_row())
 
     def _program(self) -> str:
         """program.md as it is now: the human may edit it during the night; a vanished file keeps the last text."""
@@ -737,12 +1016,25 @@ class ResearchLoop:
                 proposal = self.agent.propose(ctx)
             except AgentExhausted as exc:
                 raise _Stop(f"the agent has nothing left to propose ({exc})") from exc
+            except AgentCapReached as exc:
+                self._record_spend(
+                    add_usage(failed, exc.usage or Usage()), f"proposal #{ctx.trial_index}: {exc}"
+                )
+                raise CapReached(
+                    f"{exc}. Nothing was recorded for this proposal but its cost; raise the cap and run the "
+                    "same command to continue.",
+                    cap=exc.cap,
+                ) from exc
             except AgentFatal as exc:
+                self._record_spend(
+                    add_usage(failed, exc.usage or Usage()), f"proposal #{ctx.trial_index}: {exc}"
+                )
                 raise AgentGaveUp(f"the {self.agent.name} agent cannot work as configured: {exc}") from exc
             except AgentError as exc:
                 if exc.usage is not None:
                     failed = add_usage(failed, exc.usage)
                 if attempt == retries.agent_attempts:
+                    self._record_spend(failed, f"proposal #{ctx.trial_index}: gave up: {exc}")
                     raise AgentGaveUp(
                         f"the {self.agent.name} agent failed {attempt} times in a row; last error: {exc}. "
                         "Nothing was recorded for these attempts; run the same command again to resume."
@@ -928,6 +1220,7 @@ class ResearchLoop:
                 started_at=started_at,
                 finished_at=now_iso(),
                 canary=canary.check(first, tp.dir, tp.candidate) if plan.kind == "canary" and first else None,
+                notes_sha256=plan.notes_sha256,
             )
             written = TrialRecord.model_validate(self.ledger.append(record.to_row()))
             self.results.append(rows_for([written]))  # none for a canary: results.tsv lists experiments

@@ -7,7 +7,8 @@ the same run. When a session ends it writes progress.png and report.md into the 
 
 Exit codes: 0 done; 1 the run stopped on an error (the message says what to do); 2 the
 configuration is broken; 3 engine unreachable, 4 image missing, 5 data missing (as `trial`);
-8 ISOLATION BROKEN: the run canary, a known cheat, was not rejected (harness/canary.py); 130
+8 ISOLATION BROKEN: the run canary, a known cheat, was not rejected (harness/canary.py); 9 a cost or
+token cap was reached (the message names it; raise it and run the same command to continue); 130
 interrupted (Ctrl-C or SIGTERM; run the same command to resume). `verify-ledger` exits 1
 when history does not verify.
 """
@@ -30,6 +31,7 @@ EXIT_ENGINE = 3
 EXIT_IMAGE = 4
 EXIT_DATA = 5
 EXIT_ISOLATION_BROKEN = 8  # 6 and 7 are `trial`'s and `preflight`'s
+EXIT_CAP = 9  # a cost or token cap was reached (the run's or a proposal's)
 EXIT_INTERRUPTED = 130
 
 
@@ -72,6 +74,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=int,
         metavar="N",
         help="trials at once, each on its own GPU (gpu profile) or cpuset (default 1)",
+    )
+    run.add_argument(
+        "--max-cost-usd",
+        type=float,
+        metavar="USD",
+        help="stop (exit 9) once the agent has cost this much over the whole run; resume with a higher cap",
     )
     run.set_defaults(func=cmd_run)
 
@@ -134,7 +142,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     from harness.ledger import LedgerError
     from harness.lineage import LineageError, check_run_tag
-    from harness.loop import IsolationBroken, LoopError, ResearchLoop, read_program
+    from harness.loop import CapReached, IsolationBroken, LoopError, ResearchLoop, read_program
     from harness.progress import make_progress
     from harness.results import ResultsError
     from sandbox.verdict import DataMissing, EngineUnavailable, ImageMissing, SandboxError
@@ -153,6 +161,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "workers": args.workers,
         "canary_interval": args.canary_interval,
+        "max_cost_usd": args.max_cost_usd,
     }
     try:
         settings = load_settings(args.config, overrides)
@@ -245,6 +254,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 gpu_ids=tuple(gpu_ids),
                 workers=settings.workers,
                 canary_interval=canary_interval,
+                max_cost_usd=settings.max_cost_usd,
+                program_evolution_every=settings.program_evolution_every,
             )
             summary = ResearchLoop(
                 config,
@@ -261,6 +272,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         _isolation_banner(str(exc))
         _write_report_quietly(run_dir)
         return EXIT_ISOLATION_BROKEN
+    except CapReached as exc:
+        print(f"stopped: {exc}", file=sys.stderr)
+        _write_report_quietly(run_dir)
+        return EXIT_CAP
     except LoopError as exc:
         _err(str(exc))
         _write_report_quietly(run_dir)

@@ -10,22 +10,38 @@ a score are marked as ticks along the bottom edge, and scores far above the base
 to the top edge (as triangles) so that one terrible candidate cannot flatten the plot. Run canaries
 (controls, harness/canary.py) are vertical lines, not points, and the headline says if one failed.
 One trial's logs are harness/trial_logs.py's.
+
+report.md also shows what the agent cost (every ledger row's usage: trials, program-evolution steps and
+proposals that produced no trial), how its research notes evolved (each version in notes/, as a diff
+against the one before), and each program.md edit of the opt-in program evolution (its diff).
 """
 
 from __future__ import annotations
 
+import difflib
+import hashlib
 import json
 import logging
 import os
 import socket
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.agents.base import Usage
+from harness.agents.config import DEFAULT_PRICES_AS_OF
 from harness.config import RunPaths
 from harness.judge import JudgeSettings, JudgeState, replay
-from harness.ledger import Ledger, TrialRecord, VerifyResult, verify
+from harness.ledger import (
+    NON_TRIAL_KINDS,
+    Ledger,
+    ProgramRecord,
+    TrialRecord,
+    VerifyResult,
+    run_cost,
+    verify,
+)
 from sandbox.constants import Decision
 
 logger = logging.getLogger(__name__)
@@ -47,6 +63,8 @@ class RunView:
     records: list[TrialRecord]
     check: VerifyResult
     states: list[JudgeState]  # the judge's state after each record
+    programs: list[ProgramRecord] = field(default_factory=list)  # program-evolution steps
+    cost: Usage = field(default_factory=Usage)  # the agent's, over every verified row
 
     @property
     def state(self) -> JudgeState:
@@ -62,15 +80,25 @@ def load_run(run_dir: Path) -> RunView:
         meta = json.loads(paths.run_json.read_text(encoding="utf-8"))
     check = verify(paths.ledger)
     # Only the rows that verify: whatever follows an edited row cannot be vouched for.
-    records = Ledger(paths.ledger).records()[: check.rows] if check.ok else _verified(paths, check)
+    rows = Ledger(paths.ledger).rows()[: check.rows] if check.ok else _verified(paths, check)
+    records = [TrialRecord.model_validate(row) for row in rows if row.get("kind") not in NON_TRIAL_KINDS]
+    programs = [ProgramRecord.model_validate(row) for row in rows if row.get("kind") == "program"]
     settings = JudgeSettings.model_validate(meta.get("judge", {}))
     states = [replay((r.judged() for r in records[: i + 1]), settings) for i in range(len(records))]
-    return RunView(paths=paths, meta=meta, records=records, check=check, states=states)
+    return RunView(
+        paths=paths,
+        meta=meta,
+        records=records,
+        check=check,
+        states=states,
+        programs=programs,
+        cost=run_cost(rows),
+    )
 
 
-def _verified(paths: RunPaths, check: VerifyResult) -> list[TrialRecord]:
+def _verified(paths: RunPaths, check: VerifyResult) -> list[dict[str, Any]]:
     lines = paths.ledger.read_bytes().split(b"\n")[: check.rows]
-    return [TrialRecord.model_validate_json(line) for line in lines]
+    return [json.loads(line) for line in lines]
 
 
 def _val(value: float | None) -> str:
@@ -132,7 +160,28 @@ def headline(view: RunView) -> list[str]:
         else f"DOES NOT VERIFY: {view.check.bad}; only the {view.check.rows} rows before it are shown"
     )
     lines.append(f"ledger: {view.check.rows} rows, {verdict}; last hash {view.check.last_hash[:16]}")
+    lines += cost_lines(view)
     return lines
+
+
+def cost_lines(view: RunView) -> list[str]:
+    """What the agent cost over the run (nothing when it made no API call)."""
+    cost = view.cost
+    if not cost.api_calls and not cost.cost_usd:
+        return []
+    programs = sum(p.agent.usage.cost_usd for p in view.programs if p.agent is not None)
+    trials = sum(r.agent.usage.cost_usd for r in view.records if r.agent is not None)
+    other = cost.cost_usd - programs - trials
+    parts = [f"${trials:.4f} trials"]
+    if programs:
+        parts.append(f"${programs:.4f} program evolution")
+    if other > 1e-12:
+        parts.append(f"${other:.4f} proposals that produced no trial")
+    return [
+        f"agent cost so far: ${cost.cost_usd:.4f} ({', '.join(parts)}); {cost.api_calls} API calls, "
+        f"{cost.input_tokens} input / {cost.output_tokens} output / {cost.cache_read_input_tokens} cache-read / "
+        f"{cost.cache_creation_input_tokens} cache-write tokens; built-in prices as of {DEFAULT_PRICES_AS_OF}"
+    ]
 
 
 def canary_lines(records: list[TrialRecord]) -> list[str]:
@@ -294,7 +343,7 @@ def render_markdown(view: RunView, *, image: str | None = "progress.png") -> str
             f"on the {view.meta.get('backend', '?')} backend"
         )
     usage = [r.agent.usage for r in records if r.agent is not None]
-    if usage:
+    if usage and not view.cost.api_calls:  # agents that cost nothing (offline, replay): their counts alone
         out.append(
             f"- agent usage: {sum(u.input_tokens for u in usage)} input / {sum(u.output_tokens for u in usage)} "
             f"output tokens, {sum(u.api_calls for u in usage)} API calls, ${sum(u.cost_usd for u in usage):.2f}"
@@ -338,7 +387,85 @@ def render_markdown(view: RunView, *, image: str | None = "progress.png") -> str
     if failures:
         out += ["", "## Most frequent failures", ""]
         out += [f"- {n}× {_md(what)}" for what, n in failures.most_common(10)]
+    out += notes_section(view)
+    out += program_section(view)
     return "\n".join(out) + "\n"
+
+
+def _block(text: str, lang: str = "") -> list[str]:
+    """A fenced code block whose fence no run of backticks in `text` can close."""
+    ticks = "`" * max(3, _longest_backticks(text) + 1)
+    return [f"{ticks}{lang}", text.rstrip("\n"), ticks]
+
+
+def _longest_backticks(text: str) -> int:
+    best = run = 0
+    for ch in text:
+        run = run + 1 if ch == "`" else 0
+        best = max(best, run)
+    return best
+
+
+def notes_section(view: RunView) -> list[str]:
+    """How the agent's research notes evolved: each version as a diff against the one before."""
+    versions = [r for r in view.records if r.notes_sha256 is not None]
+    if not versions:
+        return []
+    out = [
+        "",
+        "## Research notes",
+        "",
+        f"The agent rewrote its notes {len(versions)} time(s); each version is in notes/<trial>.md, its "
+        "hash in that trial's ledger row. Written by the agent; they may quote untrusted program output.",
+    ]
+    previous, text = "", ""
+    for r in versions:
+        path = view.paths.notes / f"{r.trial_id}.md"
+        text = path.read_text(encoding="utf-8") if path.exists() else ""
+        state = "" if path.exists() else " (file missing)"
+        if path.exists() and hashlib.sha256(text.encode()).hexdigest() != r.notes_sha256:
+            state = " (EDITED: does not match the ledger's hash)"
+        diff = "".join(
+            difflib.unified_diff(
+                previous.splitlines(keepends=True),
+                text.splitlines(keepends=True),
+                fromfile="notes (before)",
+                tofile=f"notes ({r.trial_id})",
+            )
+        )
+        out += [
+            "",
+            f"### written with {r.trial_id} ({len(text.encode())} bytes, sha256 {(r.notes_sha256 or '')[:12]}){state}",
+            "",
+        ]
+        out += _block(diff or "(no change)", "diff")
+        previous = text
+    out += ["", "### The notes now", "", *_block(text, "markdown")]
+    return out
+
+
+def program_section(view: RunView) -> list[str]:
+    """Each program-evolution step: what changed in program.md's research guidance, and why."""
+    if not view.programs:
+        return []
+    out = ["", "## Program edits", ""]
+    out.append(
+        "program_evolution_every was on: the agent revised program.md's research-guidance section (the "
+        "rules stay the human's). Each version is in programs/<id>.md and in the lineage "
+        "(refs/autoresearch/program)."
+    )
+    for p in view.programs:
+        cost = f", ${p.agent.usage.cost_usd:.4f}" if p.agent is not None else ""
+        out += [
+            "",
+            f"### {p.program_id} after {p.after_candidates} candidates ({p.outcome}{cost}): {_md(p.description)}",
+        ]
+        if p.outcome != "applied":
+            continue
+        diff_path = view.paths.programs / f"{p.program_id}.diff"
+        diff = diff_path.read_text(encoding="utf-8") if diff_path.exists() else "(diff missing)"
+        out += ["", *_block(diff, "diff")]
+    return out
 
 
 def _md(text: str) -> str:

@@ -89,7 +89,14 @@ def test_the_model_is_offered_only_train_py_tools_without_any_path(server: FakeM
     make(server).propose(context())
 
     tools = server.message_requests()[0].body["tools"]
-    assert sorted(t["name"] for t in tools) == ["finish", "rewrite_file", "str_replace", "view_file"]
+    assert sorted(t["name"] for t in tools) == [
+        "finish",
+        "rewrite_file",
+        "str_replace",
+        "view_file",
+        "view_trial",  # read-only look-up of a recorded trial, by id
+        "write_notes",  # the agent's own notebook, not a file
+    ]
     assert tools == json.loads(json.dumps(TOOLS))
     for tool in tools:
         assert "path" not in tool["input_schema"].get("properties", {}), tool["name"]

@@ -3,11 +3,17 @@
 Everything the candidate printed reaches the agent only through `fence_untrusted`, which caps it and
 wraps it in a fence whose marker the text itself cannot close (a random nonce per call), with a
 plain statement that the content is data from an untrusted program, not instructions.
+
+Beyond train.py, an agent may keep research notes (`AgentContext.notes`, returned as `Proposal.notes`,
+at most NOTES_LIMIT bytes), look up a past trial through `AgentContext.view_trial` (a callable the
+loop supplies: a `TrialLookup`, or None for an id it does not know), and, if it implements
+`ProgramEditor`, propose a new research-guidance section for program.md (`ProgramProposal`).
 """
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -29,6 +35,16 @@ class AgentFatal(AgentError):
     """The agent can never work as configured (invalid API key, unknown model): stop the run."""
 
 
+class AgentCapReached(AgentError):
+    """A per-proposal cap (cost or tokens) was reached: the proposal is abandoned and the run stops.
+
+    `cap` names the setting (`max_cost_usd_per_proposal`, `max_tokens_per_proposal`)."""
+
+    def __init__(self, message: str, *, cap: str, usage: Usage | None = None) -> None:
+        super().__init__(message, usage=usage)
+        self.cap = cap
+
+
 class AgentExhausted(AgentError):
     """The agent has nothing left to propose (a replay folder is done): end the run cleanly.
 
@@ -44,6 +60,7 @@ class HistoryRow(BaseModel):
     decision: str  # keep | discard | crash | baseline
     val_bpb: float | None = None
     description: str = ""
+    delta: float | None = None  # val_bpb minus the baseline mean (negative: better)
 
 
 class LastTrial(BaseModel):
@@ -57,10 +74,29 @@ class LastTrial(BaseModel):
     log_tail: str = ""  # raw, untrusted: fence it before showing it to a model
 
 
+class TrialLookup(BaseModel):
+    """One past trial as `view_trial` shows it: never a path, nothing of the evaluator's report but
+    the verdict (status, decision, score, reason)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    trial_id: str
+    kind: str  # baseline | candidate
+    status: str
+    decision: str
+    val_bpb: float | None = None
+    description: str = ""
+    reason: str = ""  # untrusted in part (it may quote the candidate): fence it
+    parent: str = ""  # the parent's trial id, or a short commit id
+    diff: str = ""  # unified diff of train.py against its parent ("" for a baseline run)
+    log_tail: str = ""  # raw, untrusted: fence it
+
+
 class AgentContext(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     program: str  # program.md
+    notes: str = ""  # the agent's research notes as of the last recorded trial (untrusted in part)
     train_py: str  # the current best train.py
     best_val_bpb: float | None = None
     history: tuple[HistoryRow, ...] = ()
@@ -68,6 +104,8 @@ class AgentContext(BaseModel):
     profile: str = "tiny"
     trial_index: int = 0
     seed: int = 0
+    # Read-only look-up of a recorded trial by id (None: unknown id). Not serialized.
+    view_trial: Callable[[str], TrialLookup | None] | None = Field(default=None, exclude=True, repr=False)
 
 
 class Usage(BaseModel):
@@ -88,6 +126,7 @@ class Proposal(BaseModel):
     train_py: str
     description: str = Field(max_length=500)
     usage: Usage = Field(default_factory=Usage)
+    notes: str | None = None  # the notes after this proposal; None: unchanged
 
 
 @runtime_checkable
@@ -95,6 +134,39 @@ class Agent(Protocol):
     name: str
 
     def propose(self, ctx: AgentContext) -> Proposal: ...
+
+
+class ProgramContext(BaseModel):
+    """What a program-evolution meta-proposal reads: program.md, the notes and the run's results."""
+
+    model_config = ConfigDict(frozen=True)
+
+    program: str  # the whole program.md now in use
+    guidance: str  # its research-guidance section, the only part that may change
+    notes: str = ""
+    history: tuple[HistoryRow, ...] = ()
+    best_val_bpb: float | None = None
+    baseline_val_bpb: float | None = None
+    candidates: int = 0
+    view_trial: Callable[[str], TrialLookup | None] | None = Field(default=None, exclude=True, repr=False)
+
+
+class ProgramProposal(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    guidance: str  # the new research-guidance section
+    description: str = Field(max_length=500)
+    usage: Usage = Field(default_factory=Usage)
+
+
+@runtime_checkable
+class ProgramEditor(Protocol):
+    """An agent that can also propose a new research-guidance section for program.md."""
+
+    def propose_program(self, ctx: ProgramContext) -> ProgramProposal: ...
+
+
+NOTES_LIMIT = 8 * 1024  # bytes of UTF-8
 
 
 LOG_TAIL_LIMIT = 4000

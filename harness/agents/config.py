@@ -9,6 +9,10 @@ Deliberate choices:
   from the table is still usable: its cost is recorded as 0 with a warning.
   A dated snapshot id (`claude-sonnet-4-5-20250929`) is priced as its alias (`claude-sonnet-4-5`);
   nothing is matched by looser prefixes, because `claude-opus-4` and `claude-opus-4-5` differ threefold.
+  The built-in table is dated (`DEFAULT_PRICES_AS_OF`); the report prints the date with the cost.
+- Caps per proposal (`max_cost_usd_per_proposal`, `max_tokens_per_proposal`) are checked after every
+  API call of a proposal (a program-evolution meta-proposal included); reaching one abandons the
+  proposal and stops the run (AgentCapReached). The run's own cap, `max_cost_usd`, is the loop's.
 """
 
 from __future__ import annotations
@@ -42,8 +46,9 @@ def _price(inp: float, out: float) -> ModelPrice:
     return ModelPrice(input=inp, output=out, cache_write=inp * 1.25, cache_read=inp * 0.1)
 
 
-# From Anthropic's pricing page (platform.claude.com/docs/en/about-claude/pricing). Add rows for other
-# models in the config rather than editing this table.
+# From Anthropic's pricing page (platform.claude.com/docs/en/about-claude/pricing), as of the date
+# below. Add or override rows in the config (`[agent_settings.prices]`) rather than editing this table.
+DEFAULT_PRICES_AS_OF = "2026-11-30"
 DEFAULT_PRICES: dict[str, ModelPrice] = {
     "claude-opus-5": _price(5.0, 25.0),
     "claude-opus-4-8": _price(5.0, 25.0),
@@ -73,7 +78,24 @@ class AgentSettings(BaseModel):
     model: str = Field(default=DEFAULT_MODEL, min_length=1)
     max_tokens: int = Field(default=16_000, ge=256, le=64_000, description="per API call")
     max_edit_turns: int = Field(default=12, ge=1, le=100, description="API calls per proposal")
-    history_rows: int = Field(default=30, ge=0, le=500, description="recent trials shown to the model")
+    history_rows: int | None = Field(
+        default=None, ge=0, description="most recent trials shown to the model; None: the whole run"
+    )
+    history_tokens: int = Field(
+        default=6_000,
+        ge=200,
+        description="cap on the history table's size (estimated tokens); the oldest discards are "
+        "summarized first",
+    )
+    max_cost_usd_per_proposal: float | None = Field(
+        default=None, gt=0, description="stop the run when one proposal's API calls cost more; None: no cap"
+    )
+    max_tokens_per_proposal: int | None = Field(
+        default=None,
+        gt=0,
+        description="stop the run when one proposal's API calls use more tokens (input, output, cache "
+        "writes and reads); None: no cap",
+    )
     api_base_url: str | None = Field(
         default=None, description="e.g. a local test server; None: the SDK default"
     )
