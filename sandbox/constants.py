@@ -13,21 +13,21 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import TYPE_CHECKING, Final
 
-# The data folder (host: ~/.cache/autoresearch/<profile>/; container: /data) and the environment.
+# The data folder (host: ~/.cache/autoresearch/<profile>/; container: /data) and the environment
+# variables pointing at it; defined in prepare.py.
 _FROM_PREPARE: Final = frozenset(
-    {
-        "ENV_PROFILE",  # "tiny" | "gpu"
-        "ENV_DATA",  # the profile's data folder (holds train/, val/, tokenizer/)
-        "TRAIN_DIRNAME",
-        "VAL_DIRNAME",
-        "TOKENIZER_DIRNAME",
-        "TOKENIZER_FILE",
-        "TOKEN_BYTES_FILE",
-        "DATA_MANIFEST_FILE",
-    }
+    "ENV_PROFILE ENV_DATA TRAIN_DIRNAME VAL_DIRNAME TOKENIZER_DIRNAME TOKENIZER_FILE TOKEN_BYTES_FILE "
+    "DATA_MANIFEST_FILE".split()
 )
-if TYPE_CHECKING:
-    pass
+if TYPE_CHECKING:  # re-exported (`X as X`): mypy checks every use against prepare's definitions
+    from prepare import DATA_MANIFEST_FILE as DATA_MANIFEST_FILE
+    from prepare import ENV_DATA as ENV_DATA
+    from prepare import ENV_PROFILE as ENV_PROFILE
+    from prepare import TOKEN_BYTES_FILE as TOKEN_BYTES_FILE
+    from prepare import TOKENIZER_DIRNAME as TOKENIZER_DIRNAME
+    from prepare import TOKENIZER_FILE as TOKENIZER_FILE
+    from prepare import TRAIN_DIRNAME as TRAIN_DIRNAME
+    from prepare import VAL_DIRNAME as VAL_DIRNAME
 else:
 
     def __getattr__(name: str) -> str:
