@@ -22,7 +22,7 @@ import pytest
 
 import prepare
 from sandbox.constants import DATA_MANIFEST_FILE, VAL_DIRNAME
-from sandbox.data import tiny
+from sandbox.data import build, tiny
 from sandbox.data.build import prepare_data
 
 REPO = Path(__file__).resolve().parents[1]
@@ -108,6 +108,8 @@ def test_unigram_baseline_is_recorded_for_the_eval_container(tiny_data: Path, tm
         shutil.copytree(tiny_data / sub, eval_view / sub)
     shutil.copy(tiny_data / DATA_MANIFEST_FILE, eval_view / DATA_MANIFEST_FILE)
     assert prepare.unigram_bpb(eval_view) == prepare.unigram_bpb(tiny_data)
+    # What the manifest records is what train/ gives when recomputed now.
+    assert prepare.unigram_bpb(eval_view) == build.unigram_bpb(tiny_data, prepare.PROFILES["tiny"])
     (eval_view / DATA_MANIFEST_FILE).unlink()
     with pytest.raises(FileNotFoundError):
         prepare.unigram_bpb(eval_view)
