@@ -124,10 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     if max(counts) * args.cpus_per_worker > len(cpus):
         parser.error(f"{max(counts)} workers x {args.cpus_per_worker} CPUs do not fit in {len(cpus)} CPUs")
 
-    import prepare
+    from sandbox.data.build import prepare_data
     from sandbox.docker_backend import DockerSandbox
 
-    prepare.prepare("tiny", args.data_dir)
+    prepare_data("tiny", args.data_dir)
     sandbox = DockerSandbox(data_dir=args.data_dir)
     results = []
     with tempfile.TemporaryDirectory(prefix="throughput-") as tmp:

@@ -340,9 +340,10 @@ def _ensure_data(profile: str, data_dir: Path | None) -> None:
     `make run` cannot know in advance which profile `auto` resolves to, so the run prepares it.
     """
     import prepare
+    from sandbox.data.build import prepare_data
 
     try:
-        root = prepare.prepare(profile, data_dir)
+        root = prepare_data(profile, data_dir)
     except prepare.PrepareError as exc:
         raise OSError(str(exc)) from exc
     logger.info("data for profile %s ready in %s", profile, root)

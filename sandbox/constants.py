@@ -1,27 +1,48 @@
 """Every name that crosses a process or container boundary, in one place.
 
 The controller, the container entrypoints, train.py's environment and the tests all read these, so a
-rename happens once. Nothing here imports torch or docker: it is safe to import anywhere.
+rename happens once. Nothing here imports torch or docker at import time: it is safe to import anywhere.
+
+The data folder's layout and the two variables pointing at it (`_FROM_PREPARE`) are defined once, in
+prepare.py (the frozen contract, which imports nothing of this project), and read from it on first use
+(PEP 562): importing prepare loads torch (about 2 s), which most of the controller never needs.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-# Environment variables the controller sets inside containers (and that prepare.py / train.py read).
-ENV_PROFILE: Final = "AUTORESEARCH_PROFILE"  # "tiny" | "gpu"
+# The data folder (host: ~/.cache/autoresearch/<profile>/; container: /data) and the environment
+# variables pointing at it; defined in prepare.py.
+_FROM_PREPARE: Final = frozenset(
+    "ENV_PROFILE ENV_DATA TRAIN_DIRNAME VAL_DIRNAME TOKENIZER_DIRNAME TOKENIZER_FILE TOKEN_BYTES_FILE "
+    "DATA_MANIFEST_FILE".split()
+)
+if TYPE_CHECKING:  # re-exported (`X as X`): mypy checks every use against prepare's definitions
+    from prepare import DATA_MANIFEST_FILE as DATA_MANIFEST_FILE
+    from prepare import ENV_DATA as ENV_DATA
+    from prepare import ENV_PROFILE as ENV_PROFILE
+    from prepare import TOKEN_BYTES_FILE as TOKEN_BYTES_FILE
+    from prepare import TOKENIZER_DIRNAME as TOKENIZER_DIRNAME
+    from prepare import TOKENIZER_FILE as TOKENIZER_FILE
+    from prepare import TRAIN_DIRNAME as TRAIN_DIRNAME
+    from prepare import VAL_DIRNAME as VAL_DIRNAME
+else:
+
+    def __getattr__(name: str) -> str:
+        if name not in _FROM_PREPARE:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        import prepare  # trusted, frozen; deferred because it imports torch
+
+        value: str = getattr(prepare, name)
+        globals()[name] = value
+        return value
+
+
+# Environment variables the controller sets inside containers (and that train.py reads).
 ENV_OUT: Final = "AUTORESEARCH_OUT"  # folder where train.py writes model.pt2
-ENV_DATA: Final = "AUTORESEARCH_DATA"  # the profile's data folder (holds train/, val/, tokenizer/)
 ENV_SEED: Final = "AUTORESEARCH_SEED"  # seed the controller hands to the candidate
-
-# Layout of one profile's data folder (host: ~/.cache/autoresearch/<profile>/; container: /data).
-TRAIN_DIRNAME: Final = "train"
-VAL_DIRNAME: Final = "val"
-TOKENIZER_DIRNAME: Final = "tokenizer"
-TOKENIZER_FILE: Final = "tokenizer.json"
-TOKEN_BYTES_FILE: Final = "token_bytes.json"
-DATA_MANIFEST_FILE: Final = "manifest.json"
 
 # Paths inside the containers.
 CONTAINER_WORKDIR: Final = "/workspace"

@@ -23,9 +23,9 @@ if TYPE_CHECKING:
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A prepared tiny-profile data folder (train/, val/, tokenizer/, manifest.json). Treat as read-only."""
-    import prepare
+    from sandbox.data.build import prepare_data
 
-    return prepare.prepare("tiny", tmp_path_factory.mktemp("tiny_data"))
+    return prepare_data("tiny", tmp_path_factory.mktemp("tiny_data"))
 
 
 # --------------------------------------------------------------------------- sandbox (trial) fixtures

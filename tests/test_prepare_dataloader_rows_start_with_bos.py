@@ -18,6 +18,7 @@ import torch
 
 import prepare
 from sandbox.constants import TOKENIZER_DIRNAME, TRAIN_DIRNAME, VAL_DIRNAME
+from sandbox.data import tiny
 
 TINY = prepare.PROFILES["tiny"]
 BOS = prepare.BOS_ID
@@ -100,7 +101,7 @@ def test_token_bytes_add_up_to_the_utf8_size_of_the_text(tiny_data: Path) -> Non
     assert token_bytes.shape == (TINY.vocab_size,)
     assert int(token_bytes[BOS]) == 0
     assert bool((token_bytes[1:257] >= 1).all())  # every byte is a token
-    val = prepare.val_documents(tiny_data)
+    val = tiny.val_documents(tiny_data)
     stream = torch.from_numpy(
         np.concatenate(prepare.load_split_tokens(VAL_DIRNAME, tiny_data)).astype(np.int64)
     )

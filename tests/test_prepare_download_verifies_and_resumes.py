@@ -27,6 +27,8 @@ import pytest
 
 import prepare
 from sandbox.constants import DATA_MANIFEST_FILE, TRAIN_DIRNAME, VAL_DIRNAME
+from sandbox.data import download, tiny
+from sandbox.data.build import prepare_data
 
 pa = pytest.importorskip("pyarrow", reason="pyarrow reads the gpu profile's parquet shards")
 pq = pytest.importorskip("pyarrow.parquet", reason="pyarrow reads the gpu profile's parquet shards")
@@ -141,7 +143,7 @@ def _parquet(texts: list[str]) -> bytes:
 
 @pytest.fixture(scope="module")
 def shard_texts() -> list[list[str]]:
-    docs = prepare.generate_corpus(target_bytes=120_000)
+    docs = tiny.generate_corpus(target_bytes=120_000)
     return [docs[0::3], docs[1::3], docs[2::3]]
 
 
@@ -150,7 +152,7 @@ def test_clean_download_is_verified_and_atomic(hub: FakeHub, tmp_path: Path, sha
     hub.files["shard_00000.parquet"] = Blob(data)
     dest = tmp_path / "shard_00000.parquet"
 
-    prepare.download_file(f"{hub.url}/shard_00000.parquet", dest, **FAST)
+    download.download_file(f"{hub.url}/shard_00000.parquet", dest, **FAST)
 
     assert dest.read_bytes() == data
     assert not list(tmp_path.glob("*.part"))
@@ -163,7 +165,7 @@ def test_interrupted_download_resumes_with_range(hub: FakeHub, tmp_path: Path, s
     hub.files["s.parquet"] = Blob(data, cut_gets=1)
     dest = tmp_path / "s.parquet"
 
-    prepare.download_file(f"{hub.url}/s.parquet", dest, **FAST)
+    download.download_file(f"{hub.url}/s.parquet", dest, **FAST)
 
     assert dest.read_bytes() == data
     assert hub.gets("s.parquet") == [None, f"bytes={len(data) // 2}-"]
@@ -175,7 +177,7 @@ def test_part_file_left_by_a_killed_run_is_resumed(hub: FakeHub, tmp_path: Path,
     dest = tmp_path / "s.parquet"
     (tmp_path / "s.parquet.part").write_bytes(data[:1000])
 
-    prepare.download_file(f"{hub.url}/s.parquet", dest, **FAST)
+    download.download_file(f"{hub.url}/s.parquet", dest, **FAST)
 
     assert dest.read_bytes() == data
     assert hub.gets("s.parquet") == ["bytes=1000-"]
@@ -186,7 +188,7 @@ def test_corrupted_body_is_discarded_and_fetched_again(hub: FakeHub, tmp_path: P
     hub.files["s.parquet"] = Blob(data, corrupt_gets=1)
     dest = tmp_path / "s.parquet"
 
-    prepare.download_file(f"{hub.url}/s.parquet", dest, **FAST)
+    download.download_file(f"{hub.url}/s.parquet", dest, **FAST)
 
     assert dest.read_bytes() == data
     assert hub.gets("s.parquet") == [None, None]  # started over, not resumed onto bad bytes
@@ -196,8 +198,8 @@ def test_bytes_that_stay_wrong_fail_with_download_error(hub: FakeHub, tmp_path: 
     hub.files["s.parquet"] = Blob(_parquet(shard_texts[0]), corrupt_gets=100)
     dest = tmp_path / "s.parquet"
 
-    with pytest.raises(prepare.DownloadError, match="sha256"):
-        prepare.download_file(f"{hub.url}/s.parquet", dest, attempts=3, **FAST)
+    with pytest.raises(download.DownloadError, match="sha256"):
+        download.download_file(f"{hub.url}/s.parquet", dest, attempts=3, **FAST)
 
     assert len(hub.gets("s.parquet")) == 3
     assert not dest.exists()
@@ -212,8 +214,8 @@ def test_broken_parquet_footer_fails_without_a_sha_to_check(
     hub.files["s.parquet"] = Blob(broken, advertise_sha=False)
     dest = tmp_path / "s.parquet"
 
-    with pytest.raises(prepare.DownloadError, match="parquet"):
-        prepare.download_file(f"{hub.url}/s.parquet", dest, attempts=2, **FAST)
+    with pytest.raises(download.DownloadError, match="parquet"):
+        download.download_file(f"{hub.url}/s.parquet", dest, attempts=2, **FAST)
     assert not dest.exists()
 
 
@@ -221,16 +223,16 @@ def test_pinned_sha256_overrides_the_server(hub: FakeHub, tmp_path: Path, shard_
     hub.files["s.parquet"] = Blob(_parquet(shard_texts[0]))
     dest = tmp_path / "s.parquet"
 
-    with pytest.raises(prepare.DownloadError, match="sha256"):
-        prepare.download_file(f"{hub.url}/s.parquet", dest, expected_sha256="ab" * 32, attempts=2, **FAST)
+    with pytest.raises(download.DownloadError, match="sha256"):
+        download.download_file(f"{hub.url}/s.parquet", dest, expected_sha256="ab" * 32, attempts=2, **FAST)
 
     assert not [r for r in hub.requests if r[0] == "HEAD"]  # the pin is trusted over the server
     assert not dest.exists()
 
 
 def test_missing_file_fails_at_once(hub: FakeHub, tmp_path: Path) -> None:
-    with pytest.raises(prepare.DownloadError, match="404"):
-        prepare.download_file(f"{hub.url}/nope.parquet", tmp_path / "nope.parquet", attempts=5, **FAST)
+    with pytest.raises(download.DownloadError, match="404"):
+        download.download_file(f"{hub.url}/nope.parquet", tmp_path / "nope.parquet", attempts=5, **FAST)
     assert len(hub.requests) == 1  # a 404 is not retried
 
 
@@ -240,18 +242,18 @@ def test_gpu_profile_prepares_from_shards_and_then_is_a_no_op(
     train_a, train_b, val = shard_texts
     hub.files["shard_00000.parquet"] = Blob(_parquet(train_a))
     hub.files["shard_00001.parquet"] = Blob(_parquet(train_b), cut_gets=1)
-    hub.files[f"shard_{prepare.VAL_SHARD:05d}.parquet"] = Blob(_parquet(val))
+    hub.files[f"shard_{download.VAL_SHARD:05d}.parquet"] = Blob(_parquet(val))
     root = tmp_path / "gpu"
 
     # The real profile scores ~20M tokens: these small shards cannot fill them, and prepare says so.
     with pytest.raises(prepare.DataIntegrityError, match="val split"):
-        prepare.prepare("gpu", root, num_shards=2, base_url=hub.url, **FAST)
+        prepare_data("gpu", root, num_shards=2, base_url=hub.url, **FAST)
     assert not (root / DATA_MANIFEST_FILE).exists()
     downloads = len(hub.requests)
 
     # A gpu profile scaled down to the fixture (same code path); the shards already on disk are reused.
     profile = dataclasses.replace(prepare.PROFILES["gpu"], max_seq_len=64, eval_tokens=64 * 32)
-    prepare.prepare(profile, root, num_shards=2, base_url=hub.url, **FAST)
+    prepare_data(profile, root, num_shards=2, base_url=hub.url, **FAST)
     assert len(hub.requests) == downloads
 
     manifest = prepare.read_manifest(root)
@@ -271,6 +273,6 @@ def test_gpu_profile_prepares_from_shards_and_then_is_a_no_op(
 
     seen = len(hub.requests)
     manifest_bytes = (root / DATA_MANIFEST_FILE).read_bytes()
-    prepare.prepare(profile, root, num_shards=2, base_url=hub.url, **FAST)
+    prepare_data(profile, root, num_shards=2, base_url=hub.url, **FAST)
     assert len(hub.requests) == seen
     assert (root / DATA_MANIFEST_FILE).read_bytes() == manifest_bytes

@@ -22,6 +22,8 @@ import pytest
 
 import prepare
 from sandbox.constants import DATA_MANIFEST_FILE, VAL_DIRNAME
+from sandbox.data import build, tiny
+from sandbox.data.build import prepare_data
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,11 +38,11 @@ def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
 
 def test_second_prepare_rewrites_nothing(tiny_data: Path) -> None:
     before = _snapshot(tiny_data)
-    assert prepare.prepare("tiny", tiny_data) == tiny_data
+    assert prepare_data("tiny", tiny_data) == tiny_data
     assert _snapshot(tiny_data) == before
     manifest = prepare.read_manifest(tiny_data)
     assert manifest["profile"] == "tiny"
-    assert manifest["corpus_sha256"] == prepare.CORPUS_SHA256
+    assert manifest["corpus_sha256"] == tiny.CORPUS_SHA256
     assert set(manifest["files"]) == {p for p in before if p != DATA_MANIFEST_FILE}
 
 
@@ -56,7 +58,7 @@ def test_tampered_file_is_detected_and_rebuilt_identically(tiny_data: Path, tmp_
         prepare.verify_data(copy)
     assert prepare.verify_data(copy, subdirs=["train", "tokenizer"]) == fingerprint  # only what TRAIN mounts
 
-    prepare.prepare("tiny", copy)
+    prepare_data("tiny", copy)
     assert shard.read_bytes() == original
     assert prepare.verify_data(copy) == fingerprint
 
@@ -106,6 +108,8 @@ def test_unigram_baseline_is_recorded_for_the_eval_container(tiny_data: Path, tm
         shutil.copytree(tiny_data / sub, eval_view / sub)
     shutil.copy(tiny_data / DATA_MANIFEST_FILE, eval_view / DATA_MANIFEST_FILE)
     assert prepare.unigram_bpb(eval_view) == prepare.unigram_bpb(tiny_data)
+    # What the manifest records is what train/ gives when recomputed now.
+    assert prepare.unigram_bpb(eval_view) == build.unigram_bpb(tiny_data, prepare.PROFILES["tiny"])
     (eval_view / DATA_MANIFEST_FILE).unlink()
     with pytest.raises(FileNotFoundError):
         prepare.unigram_bpb(eval_view)
@@ -114,5 +118,5 @@ def test_unigram_baseline_is_recorded_for_the_eval_container(tiny_data: Path, tm
 def test_prepare_refuses_to_overwrite_another_profiles_data(tiny_data: Path) -> None:
     before = _snapshot(tiny_data)
     with pytest.raises(prepare.PrepareError, match="tiny"):
-        prepare.prepare("gpu", tiny_data, num_shards=1, base_url="http://127.0.0.1:9/unreachable")
+        prepare_data("gpu", tiny_data, num_shards=1, base_url="http://127.0.0.1:9/unreachable")
     assert _snapshot(tiny_data) == before

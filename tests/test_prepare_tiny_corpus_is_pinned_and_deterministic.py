@@ -25,18 +25,20 @@ from pathlib import Path
 import pytest
 
 import prepare
+from sandbox.data import corpus, tiny
+from sandbox.data.build import prepare_data
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def docs() -> list[str]:
-    return prepare.generate_corpus()
+    return tiny.generate_corpus()
 
 
 def test_splitmix64_matches_the_reference_test_vector() -> None:
     # Vigna's splitmix64.c, seed 1234567: the first five outputs.
-    rng = prepare.SplitMix64(1234567)
+    rng = corpus.SplitMix64(1234567)
     assert [rng.next_u64() for _ in range(5)] == [
         6457827717110365317,
         3203168211198807973,
@@ -49,36 +51,36 @@ def test_splitmix64_matches_the_reference_test_vector() -> None:
 @pytest.fixture(scope="module")
 def val_draw(docs: list[str]) -> list[str]:
     """A val split as prepare draws one, from a fixed seed here (prepare's own seed is secret)."""
-    return prepare.generate_val(0xC0FFEE, public=docs)
+    return tiny.generate_val(0xC0FFEE, public=docs)
 
 
 def test_generated_corpus_and_train_split_match_their_pinned_sha256(docs: list[str]) -> None:
-    assert prepare.corpus_sha256(docs) == prepare.CORPUS_SHA256
-    train, retired = prepare.split_corpus(docs)
-    assert prepare.train_documents(docs) == train
-    assert prepare.corpus_sha256(train) == prepare.CORPUS_TRAIN_SHA256
-    assert len(retired) == len(docs) // prepare.CORPUS_RETIRED_EVERY
+    assert tiny.corpus_sha256(docs) == tiny.CORPUS_SHA256
+    train, retired = tiny.split_corpus(docs)
+    assert tiny.train_documents(docs) == train
+    assert tiny.corpus_sha256(train) == tiny.CORPUS_TRAIN_SHA256
+    assert len(retired) == len(docs) // tiny.CORPUS_RETIRED_EVERY
 
 
 def test_generation_is_deterministic_across_interpreters(val_draw: list[str]) -> None:
     code = (
-        "import prepare; print(prepare.corpus_sha256(prepare.train_documents()), "
-        "prepare.corpus_sha256(prepare.generate_val(0xC0FFEE)))"
+        "from sandbox.data import tiny; print(tiny.corpus_sha256(tiny.train_documents()), "
+        "tiny.corpus_sha256(tiny.generate_val(0xC0FFEE)))"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True
     )
-    assert out.stdout.split() == [prepare.CORPUS_TRAIN_SHA256, prepare.corpus_sha256(val_draw)]
+    assert out.stdout.split() == [tiny.CORPUS_TRAIN_SHA256, tiny.corpus_sha256(val_draw)]
 
 
 @pytest.mark.parametrize("pin", ["CORPUS_SHA256", "CORPUS_TRAIN_SHA256"])
 def test_prepare_refuses_a_corpus_that_drifted_from_the_pin(
     pin: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(prepare, pin, "0" * 64)
+    monkeypatch.setattr(tiny, pin, "0" * 64)
     with pytest.raises(prepare.DataIntegrityError, match="pinned"):
-        prepare.prepare("tiny", tmp_path)
+        prepare_data("tiny", tmp_path)
     assert not (tmp_path / "manifest.json").exists()
 
 
@@ -88,17 +90,17 @@ def test_prepare_refuses_a_val_seed_that_no_longer_gives_its_split(
     copy = tmp_path / "data"
     shutil.copytree(tiny_data, copy)
     (copy / "manifest.json").unlink()  # force a rebuild, which regenerates val from the stored seed
-    real = prepare.generate_val
-    monkeypatch.setattr(prepare, "generate_val", lambda *a, **kw: real(*a, **kw)[:-1])  # a drifted generator
+    real = tiny.generate_val
+    monkeypatch.setattr(tiny, "generate_val", lambda *a, **kw: real(*a, **kw)[:-1])  # a drifted generator
     with pytest.raises(prepare.DataIntegrityError, match="val sha256"):
-        prepare.prepare("tiny", copy)
+        prepare_data("tiny", copy)
     assert not (copy / "manifest.json").exists()
 
 
 def test_corpus_is_large_varied_and_natural_language_like(docs: list[str]) -> None:
     total = sum(len(d.encode("utf-8")) for d in docs)
     assert 2_000_000 <= total <= 4_000_000
-    assert all(prepare.CORPUS_DOC_SEPARATOR not in d for d in docs)
+    assert all(tiny.CORPUS_DOC_SEPARATOR not in d for d in docs)
     assert len(set(docs)) == len(docs)
     lengths = sorted(len(d) for d in docs)
     assert lengths[-1] > 10 * lengths[0]
@@ -114,9 +116,9 @@ def test_corpus_is_large_varied_and_natural_language_like(docs: list[str]) -> No
 
 
 def test_val_draws_look_like_the_public_corpus(docs: list[str], val_draw: list[str]) -> None:
-    _, retired = prepare.split_corpus(docs)  # the old val split: documents from the same generator
+    _, retired = tiny.split_corpus(docs)  # the old val split: documents from the same generator
     size = sum(len(d.encode("utf-8")) for d in val_draw)
-    assert prepare.CORPUS_VAL_TARGET_BYTES <= size < prepare.CORPUS_VAL_TARGET_BYTES + 50_000
+    assert tiny.CORPUS_VAL_TARGET_BYTES <= size < tiny.CORPUS_VAL_TARGET_BYTES + 50_000
     assert len(set(val_draw)) == len(val_draw)
     assert not set(val_draw) & set(docs)
     assert 0.8 < len(val_draw) / len(retired) < 1.25

@@ -27,6 +27,8 @@ import pytest
 
 import prepare
 from sandbox.constants import DATA_MANIFEST_FILE, TOKENIZER_DIRNAME, TRAIN_DIRNAME, VAL_DIRNAME
+from sandbox.data import build, tiny
+from sandbox.data.build import prepare_data
 
 TINY = prepare.PROFILES["tiny"]
 MOUNTED = (TRAIN_DIRNAME, VAL_DIRNAME, TOKENIZER_DIRNAME)  # everything any container sees of the folder
@@ -44,18 +46,18 @@ def _decoded_docs(data: Path, split: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def public() -> list[str]:
-    return prepare.generate_corpus()
+    return tiny.generate_corpus()
 
 
 @pytest.fixture(scope="module")
 def val(tiny_data: Path) -> list[str]:
-    return prepare.val_documents(tiny_data)
+    return tiny.val_documents(tiny_data)
 
 
 def test_no_document_is_in_both_splits_and_no_val_document_is_public(
     public: list[str], val: list[str]
 ) -> None:
-    train, retired = prepare.split_corpus(public)
+    train, retired = tiny.split_corpus(public)
     assert len(train) + len(retired) == len(public)
     assert len(val) >= len(retired) * 4 // 5
     assert not set(train) & set(val)
@@ -66,7 +68,7 @@ def test_shards_on_disk_decode_to_the_two_disjoint_splits(
     tiny_data: Path, public: list[str], val: list[str]
 ) -> None:
     assert _decoded_docs(tiny_data, VAL_DIRNAME) == val
-    assert _decoded_docs(tiny_data, TRAIN_DIRNAME) == prepare.train_documents(public)
+    assert _decoded_docs(tiny_data, TRAIN_DIRNAME) == tiny.train_documents(public)
     assert (tiny_data / TRAIN_DIRNAME).is_dir() and (tiny_data / VAL_DIRNAME).is_dir()
     assert not list((tiny_data / TRAIN_DIRNAME).glob("*val*"))
 
@@ -75,32 +77,32 @@ def test_tokenizer_sees_train_documents_only(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, public: list[str]
 ) -> None:
     seen: list[str] = []
-    real = prepare.train_tokenizer
+    real = build.train_tokenizer
 
     def spy(texts: Iterable[str], vocab_size: int) -> Any:
         texts = list(texts)
         seen.extend(texts)
         return real(texts, vocab_size)
 
-    monkeypatch.setattr(prepare, "train_tokenizer", spy)
-    prepare.prepare("tiny", tmp_path)
-    assert seen == prepare.train_documents(public)
-    assert not set(seen) & set(prepare.val_documents(tmp_path))
+    monkeypatch.setattr(build, "train_tokenizer", spy)
+    prepare_data("tiny", tmp_path)
+    assert seen == tiny.train_documents(public)
+    assert not set(seen) & set(tiny.val_documents(tmp_path))
 
 
 def test_val_split_is_secret_per_folder_and_stored_nowhere_a_container_sees(
     tiny_data: Path, tmp_path: Path, val: list[str]
 ) -> None:
-    other = prepare.prepare("tiny", tmp_path / "other")
+    other = prepare_data("tiny", tmp_path / "other")
     manifests = [prepare.read_manifest(d) for d in (tiny_data, other)]
     # Two folders, two independent secret draws: different val documents, identical train and tokenizer.
     assert manifests[0]["val_sha256"] != manifests[1]["val_sha256"]
-    assert not set(val) & set(prepare.val_documents(other))
+    assert not set(val) & set(tiny.val_documents(other))
     for rel in ("train/shard_00000.npy", "tokenizer/tokenizer.json"):
         assert manifests[0]["files"][rel] == manifests[1]["files"][rel]
     assert manifests[0]["files"]["val/shard_00000.npy"] != manifests[1]["files"]["val/shard_00000.npy"]
     # The seed is only in the host-only secret file: not under a mounted folder, not in the manifest.
-    secret = tiny_data / prepare.VAL_SECRET_FILE
+    secret = tiny_data / tiny.VAL_SECRET_FILE
     seed = json.loads(secret.read_text())["val_seed"]
     assert secret.parent == tiny_data and secret.name not in MOUNTED
     assert stat.S_IMODE(secret.stat().st_mode) == 0o600
@@ -126,7 +128,7 @@ def test_without_val_folder_training_works_and_val_loaders_raise(tiny_data: Path
     with pytest.raises(FileNotFoundError):
         next(prepare.make_dataloader("val", 2, 32, data_dir=mounted))
     with pytest.raises(FileNotFoundError, match="secret"):
-        prepare.val_documents(mounted)
+        tiny.val_documents(mounted)
 
 
 def test_a_folder_with_the_old_public_val_split_is_rebuilt_loudly(
@@ -135,7 +137,7 @@ def test_a_folder_with_the_old_public_val_split_is_rebuilt_loudly(
     old = tmp_path / "old"
     shutil.copytree(tiny_data, old)
     # What prepare wrote before the val split became secret: no secret, no split identity in the manifest.
-    (old / prepare.VAL_SECRET_FILE).unlink()
+    (old / tiny.VAL_SECRET_FILE).unlink()
     manifest = prepare.read_manifest(old)
     for key in ("val_split", "val_sha256", "train_sha256"):
         del manifest[key]
@@ -144,12 +146,12 @@ def test_a_folder_with_the_old_public_val_split_is_rebuilt_loudly(
     tokenizer_before = (old / TOKENIZER_DIRNAME / "tokenizer.json").read_bytes()
 
     with caplog.at_level(logging.WARNING, logger="prepare"):
-        prepare.prepare("tiny", old)
+        prepare_data("tiny", old)
 
     assert any("regenerate" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
     rebuilt = prepare.read_manifest(old)
-    assert rebuilt["val_split"] == prepare.CORPUS_VAL_SPLIT
-    assert (old / prepare.VAL_SECRET_FILE).is_file()
+    assert rebuilt["val_split"] == tiny.CORPUS_VAL_SPLIT
+    assert (old / tiny.VAL_SECRET_FILE).is_file()
     assert rebuilt["val_sha256"] != prepare.read_manifest(tiny_data)["val_sha256"]  # a fresh secret draw
     assert (old / TRAIN_DIRNAME / "shard_00000.npy").read_bytes() == train_before
     assert (old / TOKENIZER_DIRNAME / "tokenizer.json").read_bytes() == tokenizer_before

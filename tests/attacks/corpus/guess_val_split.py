@@ -1,6 +1,6 @@
 """Attack: regenerate the validation split from the public corpus generator and memorise it.
 
-The tiny corpus comes from a deterministic grammar (sandbox/corpus.py, in the trainer image, and public
+The tiny corpus comes from a deterministic grammar (sandbox/data/corpus.py, in the trainer image, and public
 code anyone could paste here). While the val split was derived from it, val was every 4th document of
 `generate(3_000_000, 0x5EED_7A1E_2024_0001)`, so a candidate could rebuild it inside TRAIN. This one
 does, and exports a memoriser of the rebuilt val documents: a backoff n-gram over contexts of 3, 6,
@@ -29,6 +29,7 @@ import os
 
 os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread: light on a shared machine
 
+import hashlib
 import json
 import signal
 import tempfile
@@ -41,9 +42,9 @@ import torch.nn as nn
 import prepare
 
 try:
-    from sandbox import corpus  # the generator ships in the trainer image
+    from sandbox.data import corpus  # the generator ships in the trainer image
 except ImportError as exc:  # if it ever stops shipping, this attack must carry the generator itself
-    print(f"ATTACK_FAILED cannot import the generator ({exc}); paste sandbox/corpus.py into this file")
+    print(f"ATTACK_FAILED cannot import the generator ({exc}); paste sandbox/data/corpus.py into this file")
     raise
 
 OLD_SEED = 0x5EED_7A1E_2024_0001  # the old contract: generate(OLD_TARGET_BYTES, OLD_SEED) ...
@@ -194,7 +195,8 @@ docs = corpus.generate(OLD_TARGET_BYTES, OLD_SEED)
 believed_val = [d for i, d in enumerate(docs) if i % OLD_VAL_EVERY == OLD_VAL_EVERY - 1]
 facts["regenerated_docs"] = len(docs)
 facts["believed_val_docs"] = len(believed_val)
-facts["old_corpus_sha256_matches"] = prepare.corpus_sha256(docs) == OLD_CORPUS_SHA256
+old_sha256 = hashlib.sha256("\x00".join(docs).encode("utf-8")).hexdigest()  # documents joined by NUL
+facts["old_corpus_sha256_matches"] = old_sha256 == OLD_CORPUS_SHA256
 phase("generate")
 tok = prepare.load_tokenizer()
 token_bytes = prepare.load_token_bytes()
