@@ -37,9 +37,10 @@ from typing import Any
 
 from harness.config import TrialPaths
 from harness.judge import code_lines
-from harness.ledger import CanaryCheck, TrialPlan, TrialRecord, write_atomic
+from harness.ledger import CanaryCheck, TrialPlan, TrialRecord
 from sandbox import constants as C
 from sandbox.constants import Decision, Status
+from sandbox.incontainer.fileio import atomic_write
 from sandbox.verdict import Verdict
 
 logger = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ def write_plan(
         created_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
         worker=worker,
     )
-    write_atomic(tp.trial_json, plan.model_dump_json(indent=2) + "\n")
+    atomic_write(tp.trial_json, plan.model_dump_json(indent=2) + "\n")
     logger.info("%s: canary %d", trial_id, number)
     return plan
 

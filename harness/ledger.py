@@ -45,6 +45,7 @@ from harness.agents.base import Usage
 from harness.judge import JudgedRow, JudgeSettings
 from harness.results import ResultRow
 from sandbox.constants import Decision, Status
+from sandbox.incontainer.fileio import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -513,14 +514,6 @@ class TrialPlan(BaseModel):
     worker: str
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def hash_tree(folder: Path, *, skip: frozenset[str] = frozenset()) -> dict[str, str]:
     """sha256 of every regular file under `folder` (symlinks not followed), by relative path."""
     hashes: dict[str, str] = {}
@@ -533,12 +526,3 @@ def hash_tree(folder: Path, *, skip: frozenset[str] = frozenset()) -> dict[str, 
                 continue
             hashes[rel] = sha256_file(path)
     return hashes
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

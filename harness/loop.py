@@ -103,8 +103,6 @@ from harness.ledger import (
     TrialRecord,
     hash_tree,
     run_cost,
-    sha256_file,
-    write_atomic,
 )
 from harness.lineage import Lineage
 from harness.progress import LogProgress, Progress
@@ -112,6 +110,8 @@ from harness.results import ResultsFile, rows_for, sanitize_description
 from sandbox import constants as C
 from sandbox.backend import Sandbox
 from sandbox.constants import Decision, Status
+from sandbox.incontainer.fileio import atomic_write as write_atomic
+from sandbox.incontainer.fileio import sha256_file
 from sandbox.limits import Limits
 from sandbox.verdict import DataMissing, ImageMissing, SandboxError, TrialSpec, Verdict
 

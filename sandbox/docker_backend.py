@@ -68,6 +68,7 @@ from docker.types import DeviceRequest, Mount
 from sandbox import audit, reaper, trialdir
 from sandbox import constants as C
 from sandbox.constants import Status
+from sandbox.incontainer.fileio import atomic_write
 from sandbox.limits import MiB
 from sandbox.retry import engine_errors, infra_retry
 from sandbox.verdict import (
@@ -609,7 +610,7 @@ class DockerTrial:
                 raw = stream.read(cap + 1) if stream is not None else b""
         except tarfile.TarError as exc:
             return None, f"unreadable report archive: {exc}"
-        trialdir.write_bytes_atomic(self.trial_dir / C.REPORT_FILE, raw)
+        atomic_write(self.trial_dir / C.REPORT_FILE, raw, durable=False)
         self.logs["report"] = self.trial_dir / C.REPORT_FILE
         try:
             report = json.loads(raw)

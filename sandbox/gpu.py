@@ -7,7 +7,7 @@ container (`TrialSpec.gpu_ids` -> explicit `device_ids`, never "all").
 
 Deliberate properties:
 - One JSON table on disk, read and rewritten only while holding a `filelock.FileLock`, and replaced
-  atomically (`os.replace`), so concurrent processes never see a half-written table and never hand
+  atomically (`atomic_write`), so concurrent processes never see a half-written table and never hand
   the same device to two holders.
 - Conflicts are computed on *atoms* (a GPU id, or each single CPU of a cpuset), not on names: a
   lease on cpuset "0-3" blocks a later request for "2-5" even though the strings differ. Each row
@@ -40,6 +40,7 @@ from types import TracebackType
 import filelock
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from sandbox.incontainer.fileio import atomic_write
 from sandbox.verdict import SandboxError
 
 log = logging.getLogger(__name__)
@@ -410,9 +411,7 @@ class _Leases:
             ) from exc
 
     def _write(self, table: LeaseTable) -> None:
-        tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
-        tmp.write_text(table.model_dump_json(indent=2) + "\n")
-        os.replace(tmp, self.path)
+        atomic_write(self.path, table.model_dump_json(indent=2) + "\n", durable=False)
 
 
 class GpuLeases(_Leases):

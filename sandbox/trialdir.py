@@ -9,7 +9,6 @@ their verdict here, so the claimed score is parsed, and the files are named, the
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import threading
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from typing import Any
 
 from sandbox import constants as C
 from sandbox.constants import Status
+from sandbox.incontainer.fileio import atomic_write
 from sandbox.verdict import DataMissing, TrialSpec, Verdict, claimed_val_bpb
 
 logger = logging.getLogger(__name__)
@@ -65,12 +65,6 @@ def keep_tail(data: bytes, limit: int, dropped: int = 0) -> bytes:
     dropped += max(0, len(data) - limit)
     marker = f"[log capped at {limit} bytes: {dropped} earlier bytes dropped]\n".encode()
     return marker + data[len(data) - min(len(data), limit - len(marker)) :]
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 @contextmanager
@@ -159,7 +153,7 @@ def finish(
         seed=spec.seed,
         backend=backend,
     )
-    write_bytes_atomic(spec.trial_dir / C.VERDICT_FILE, verdict.model_dump_json(indent=2).encode() + b"\n")
+    atomic_write(spec.trial_dir / C.VERDICT_FILE, verdict.model_dump_json(indent=2) + "\n", durable=False)
     logger.info(
         "trial %s: %s%s %s",
         spec.trial_id,

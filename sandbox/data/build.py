@@ -20,7 +20,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict
@@ -44,9 +43,9 @@ from prepare import (
     DataIntegrityError,
     PrepareError,
     Profile,
-    sha256_file,
 )
 from sandbox.data import download, tiny
+from sandbox.incontainer.fileio import atomic_open, atomic_write, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -58,32 +57,9 @@ TOKENIZER_MAX_CHARS: Final = 1_000_000_000  # characters of train text the gpu t
 TOKENIZER_DOC_CAP: Final = 10_000  # characters per document for tokenizer training
 
 
-def _atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)  # mkstemp makes 0600; containers read data files as another uid
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array, allow_pickle=False)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; containers read these as another uid
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, durable=False) as f:  # 0644: containers read data files as another uid
+        np.save(f, array, allow_pickle=False)
 
 
 # ---- Tokenizer ----------------------------------------------------------------------------------
@@ -176,9 +152,9 @@ def _write_split(root: Path, split: str, streams: Iterable[np.ndarray]) -> None:
 
 def _write_tokenizer(root: Path, tok: HFTokenizer, vocab_size: int) -> None:
     folder = root / TOKENIZER_DIRNAME
-    _atomic_write_bytes(folder / TOKENIZER_FILE, tok.to_str(pretty=False).encode("utf-8"))
+    atomic_write(folder / TOKENIZER_FILE, tok.to_str(pretty=False).encode("utf-8"))
     lengths = token_byte_lengths(tok, vocab_size)
-    _atomic_write_bytes(folder / TOKEN_BYTES_FILE, json.dumps(lengths).encode("utf-8"))
+    atomic_write(folder / TOKEN_BYTES_FILE, json.dumps(lengths).encode("utf-8"))
 
 
 def _data_files(root: Path) -> list[Path]:
@@ -287,7 +263,7 @@ def _secret_val_documents(root: Path, public: Sequence[str]) -> tuple[list[str],
             "val_sha256": sha,
             "note": "host only: never mount or copy into a container",
         }
-        _atomic_write_bytes(root / tiny.VAL_SECRET_FILE, json.dumps(secret, indent=2).encode(), mode=0o600)
+        atomic_write(root / tiny.VAL_SECRET_FILE, json.dumps(secret, indent=2).encode(), mode=0o600)
     elif sha != recorded:
         raise DataIntegrityError(
             f"the val seed in {root / tiny.VAL_SECRET_FILE} now generates val sha256 {sha}, not the recorded "
@@ -397,7 +373,7 @@ def prepare_data(
         extra["unigram_bpb"] = unigram_bpb(root, prof)
         files = {p.relative_to(root).as_posix(): sha256_file(p) for p in _data_files(root)}
         manifest = {**ident, **extra, "files": files}  # no timestamp: same data, same manifest hash
-        _atomic_write_bytes(
+        atomic_write(
             root / DATA_MANIFEST_FILE, json.dumps(manifest, indent=2, sort_keys=True).encode()
         )
         log.info("%s: prepared profile %s in %.1fs", root, prof.name, time.monotonic() - t0)

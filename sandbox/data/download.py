@@ -22,7 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final
 
-from prepare import DataIntegrityError, PrepareError, sha256_file
+from prepare import DataIntegrityError, PrepareError
+from sandbox.incontainer.fileio import sha256_file
 
 log = logging.getLogger(__name__)
 
