@@ -6,7 +6,7 @@ is `runs/<profile>-<agent>` (e.g. `runs/tiny-offline`), so running the same comm
 the same run. When a session ends it writes progress.png and report.md into the run folder.
 
 Exit codes: 0 done; 1 the run stopped on an error (the message says what to do); 2 the
-configuration is broken; 3 engine unreachable, 4 image missing, 5 data missing (as `trial`);
+configuration is broken; 3 engine unreachable, 4 image missing, 5 data missing, 6 the evaluator failed (as `trial`);
 8 ISOLATION BROKEN: the run canary, a known cheat, was not rejected (harness/canary.py); 9 a cost or
 token cap was reached (the message names it; raise it and run the same command to continue); 130
 interrupted (Ctrl-C or SIGTERM; run the same command to resume). `verify-ledger` exits 1
@@ -23,16 +23,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-logger = logging.getLogger(__name__)
+from sandbox.constants import ExitCode
 
-EXIT_ERROR = 1
-EXIT_CONFIG = 2
-EXIT_ENGINE = 3
-EXIT_IMAGE = 4
-EXIT_DATA = 5
-EXIT_ISOLATION_BROKEN = 8  # 6 and 7 are `trial`'s and `preflight`'s
-EXIT_CAP = 9  # a cost or token cap was reached (the run's or a proposal's)
-EXIT_INTERRUPTED = 130
+logger = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -145,7 +138,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness.loop import CapReached, IsolationBroken, LoopError, ResearchLoop, read_program
     from harness.progress import make_progress
     from harness.results import ResultsError
-    from sandbox.verdict import DataMissing, EngineUnavailable, ImageMissing, SandboxError
+    from sandbox.verdict import EngineUnavailable, ImageMissing, SandboxError, exit_code_for
 
     overrides: dict[str, Any] = {
         "profile": args.profile,
@@ -177,7 +170,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         canary_interval, canary_why = resolve_canary_interval(settings.canary_interval, settings.backend)
     except ConfigError as exc:
         _err(str(exc))
-        return EXIT_CONFIG
+        return ExitCode.CONFIG
 
     banner = [
         f"profile {profile}",
@@ -210,31 +203,31 @@ def cmd_run(args: argparse.Namespace) -> int:
         read_program(settings.program)  # fail fast, before an engine or an agent is started
     except LoopError as exc:
         _err(str(exc))
-        return EXIT_ERROR
+        return ExitCode.ERROR
     if settings.backend == "local":
         logger.warning("the local backend isolates nothing; never run an untrusted agent's train.py with it")
     try:
         _ensure_data(profile.value, settings.data_dir)
     except OSError as exc:  # prepare's own errors (download, integrity) are OSError or PrepareError
         _err(f"preparing the {profile.value} data failed: {exc}; see `python prepare.py --help`")
-        return EXIT_DATA
+        return ExitCode.DATA
 
     try:
         agent = make_agent(agent_choice.value, agent_settings)
     except AgentFatal as exc:
         _err(f"the {agent_choice.value} agent cannot start: {exc}")
-        return EXIT_CONFIG
+        return ExitCode.CONFIG
     try:
         sandbox = _make_sandbox(settings.backend, settings.data_dir)
     except EngineUnavailable as exc:
         _err(str(exc))
-        return EXIT_ENGINE
+        return ExitCode.ENGINE
     except ImageMissing as exc:
         _err(str(exc))
-        return EXIT_IMAGE
+        return ExitCode.IMAGE
     except SandboxError as exc:
         _err(str(exc))
-        return EXIT_ERROR
+        return ExitCode.ERROR
 
     try:
         with _gpu_lease(profile.value, settings.gpu_ids, f"run:{run_tag}", settings.workers) as gpu_ids:
@@ -267,29 +260,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         _err(f"interrupted; everything recorded so far is in {run_dir}. Run the same command to resume.")
         _write_report_quietly(run_dir)
-        return EXIT_INTERRUPTED
+        return ExitCode.INTERRUPTED
     except IsolationBroken as exc:
         _isolation_banner(str(exc))
         _write_report_quietly(run_dir)
-        return EXIT_ISOLATION_BROKEN
+        return ExitCode.ISOLATION_BROKEN
     except CapReached as exc:
         print(f"stopped: {exc}", file=sys.stderr)
         _write_report_quietly(run_dir)
-        return EXIT_CAP
+        return ExitCode.CAP
     except LoopError as exc:
         _err(str(exc))
         _write_report_quietly(run_dir)
-        cause = exc.__cause__
-        if isinstance(cause, DataMissing):
-            return EXIT_DATA
-        if isinstance(cause, ImageMissing):
-            return EXIT_IMAGE
-        if isinstance(cause, EngineUnavailable):
-            return EXIT_ENGINE
-        return EXIT_ERROR
+        return exit_code_for(exc.__cause__) if isinstance(exc.__cause__, SandboxError) else ExitCode.ERROR
     except (LedgerError, LineageError, ResultsError, SandboxError) as exc:
         _err(str(exc))
-        return EXIT_ERROR
+        return ExitCode.ERROR
 
     print(f"stopped: {summary.stopped}", file=sys.stderr)
     if summary.best_val_bpb is not None and summary.baseline_val_bpb is not None:
@@ -315,7 +301,7 @@ def _isolation_banner(message: str) -> None:
     """The run canary was not rejected: say it so that nobody scrolling past can miss it."""
     bar = "!" * 100
     print(
-        f"\n{bar}\n!!! ISOLATION OR EVALUATOR BROKEN: THE RUN HAS STOPPED (exit {EXIT_ISOLATION_BROKEN})\n{bar}",
+        f"\n{bar}\n!!! ISOLATION OR EVALUATOR BROKEN: THE RUN HAS STOPPED (exit {ExitCode.ISOLATION_BROKEN:d})\n{bar}",
         file=sys.stderr,
     )
     for line in message.splitlines():
@@ -395,7 +381,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(status_text(_run_dir(args.dir)))
     except (FileNotFoundError, ReportError) as exc:
         _err(str(exc))
-        return EXIT_ERROR
+        return ExitCode.ERROR
     return 0
 
 
@@ -406,7 +392,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         png, md = write_report(_run_dir(args.dir))
     except (FileNotFoundError, ReportError) as exc:
         _err(str(exc))
-        return EXIT_ERROR
+        return ExitCode.ERROR
     print(md)
     print(png)
     return 0
@@ -419,12 +405,12 @@ def cmd_verify_ledger(args: argparse.Namespace) -> int:
     target = path / LEDGER_FILE if path.is_dir() else path
     if not target.exists():
         _err(f"no ledger at {target}")
-        return EXIT_ERROR
+        return ExitCode.ERROR
     result = verify(target)
     if not result.ok:
         print(f"FAILED: {target}: {result.bad}")
         print(f"the {result.rows} rows before it verify (last good hash {result.last_hash})")
-        return EXIT_ERROR
+        return ExitCode.ERROR
     print(f"ok: {target}: {result.rows} rows verify; last hash {result.last_hash}")
     return 0
 
@@ -436,5 +422,5 @@ def cmd_logs(args: argparse.Namespace) -> int:
         sys.stdout.write(trial_logs_text(_run_dir(args.run_dir), args.trial))
     except (FileNotFoundError, TrialNotFound) as exc:
         _err(str(exc))
-        return EXIT_ERROR
+        return ExitCode.ERROR
     return 0

@@ -22,22 +22,18 @@ from types import FrameType
 from typing import Any
 
 from sandbox import constants as C
+from sandbox.constants import ExitCode
+from sandbox.preflight import cli as preflight_cli
+from sandbox.verdict import exit_code_for
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TRIALS_DIR = Path("runs/trials")
 TRIAL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
-# Exit codes for infrastructure failures (0 is any verdict; 2 is argparse's usage error).
-EXIT_SANDBOX = 1
-EXIT_ENGINE = 3
-EXIT_IMAGE = 4
-EXIT_DATA = 5
-EXIT_EVALUATOR = 6
-
-_EPILOG = f"""exit codes: 0 a verdict (whatever the status), {EXIT_SANDBOX} sandbox failure, {EXIT_ENGINE} engine
-unreachable (make engine), {EXIT_IMAGE} image missing (make images), {EXIT_DATA} data missing (make data),
-{EXIT_EVALUATOR} the evaluator failed (see eval.log)"""
+_EPILOG = f"""exit codes: 0 a verdict (whatever the status), {ExitCode.ERROR:d} sandbox failure, {ExitCode.ENGINE:d} engine
+unreachable (make engine), {ExitCode.IMAGE:d} image missing (make images), {ExitCode.DATA:d} data missing (make data),
+{ExitCode.EVALUATOR:d} the evaluator failed (see eval.log)"""
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -78,18 +74,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     preflight = sub.add_parser(
         "preflight",
         help="attack a TRAIN container from inside and check that every isolation property holds",
+        epilog=preflight_cli.EPILOG,
     )
-    # The same flags as sandbox.preflight.add_arguments, declared here so that building the parser
-    # (and --help) does not import docker-py and the preflight module.
-    preflight.add_argument(
-        "--profile", choices=("tiny", "gpu"), default="tiny", help="limits and data of this profile"
-    )
-    preflight.add_argument(
-        "--runtime", choices=("runc", "runsc"), help="container runtime (default: the engine's)"
-    )
-    preflight.add_argument("--data-dir", type=Path, help="prepared data (default: prepare.py's folder)")
-    preflight.add_argument("--image", default=C.TRAINER_IMAGE, help="trainer image to probe")
-    preflight.add_argument("--json", action="store_true", help="print the result as one JSON line, last")
+    preflight_cli.add_arguments(preflight)  # imports no docker-py: --help stays fast
     preflight.set_defaults(func=cmd_preflight)
 
     reap = sub.add_parser("reap", help="remove containers and volumes left by dead controllers")
@@ -114,7 +101,7 @@ def cmd_trial(args: argparse.Namespace) -> int:
     try:
         verdict, trial_dir = _run_trial(args)
     except SandboxError as exc:
-        code = _exit_code(exc)
+        code = exit_code_for(exc)
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         if args.json:
             print(json.dumps({"error": type(exc).__name__, "message": str(exc), "exit_code": code}))
@@ -162,20 +149,6 @@ def _trial_location(trial_dir: Path | None) -> tuple[str, Path]:
     return trial_id, (trial_dir or DEFAULT_TRIALS_DIR / trial_id).resolve()
 
 
-def _exit_code(exc: Exception) -> int:
-    from sandbox.verdict import DataMissing, EngineUnavailable, EvaluatorFailed, ImageMissing
-
-    for kind, code in (
-        (EngineUnavailable, EXIT_ENGINE),
-        (ImageMissing, EXIT_IMAGE),
-        (DataMissing, EXIT_DATA),
-        (EvaluatorFailed, EXIT_EVALUATOR),
-    ):
-        if isinstance(exc, kind):
-            return code
-    return EXIT_SANDBOX
-
-
 def _print_verdict(verdict: dict[str, Any], *, as_json: bool) -> None:
     val = verdict["val_bpb"]
     claimed = verdict["claimed_val_bpb"]
@@ -196,10 +169,7 @@ def _print_verdict(verdict: dict[str, Any], *, as_json: bool) -> None:
 
 
 def cmd_preflight(args: argparse.Namespace) -> int:
-    from sandbox import preflight
-
-    code: int = preflight.main(args)
-    return code
+    return preflight_cli.main(args)
 
 
 def cmd_reap(args: argparse.Namespace) -> int:
@@ -211,11 +181,11 @@ def cmd_reap(args: argparse.Namespace) -> int:
         report = reap(connect(), everything=args.all, dry_run=args.dry_run)
     except SandboxError as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return _exit_code(exc)
+        return exit_code_for(exc)
     verb = "would remove" if args.dry_run else "removed"
     print(f"{verb} {len(report.containers)} containers and {len(report.volumes)} volumes")
     for name in report.containers + report.volumes:
         print(f"  {name}")
     for failure in report.failures:
         print(f"  FAILED {failure}", file=sys.stderr)
-    return EXIT_SANDBOX if report.failures else 0
+    return ExitCode.ERROR if report.failures else ExitCode.OK

@@ -10,7 +10,7 @@ prepare.py (the frozen contract, which imports nothing of this project), and rea
 
 from __future__ import annotations
 
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 from typing import TYPE_CHECKING, Final
 
 # The data folder (host: ~/.cache/autoresearch/<profile>/; container: /data) and the environment
@@ -107,6 +107,25 @@ class Decision(StrEnum):
     CRASH = "crash"
     BASELINE = "baseline"
     CANARY = "canary"  # a control trial (harness/canary.py): never judged, never in results.tsv
+
+
+class ExitCode(IntEnum):
+    """Exit codes of every command (`python -m harness ...`, `python -m sandbox.build`): one meaning each.
+
+    0 is success (for `trial`: any verdict about the candidate, whatever its status); every other code
+    names what to fix next. 7 was preflight's "could not run" before the tables were merged: retired.
+    """
+
+    OK = 0
+    ERROR = 1  # the sandbox or the run failed (the message says why); verify-ledger: history does not verify
+    CONFIG = 2  # the configuration is broken (argparse's usage error is 2 as well)
+    ENGINE = 3  # the engine is unreachable: make engine
+    IMAGE = 4  # an image is missing: make images
+    DATA = 5  # the profile's data is missing: make data
+    EVALUATOR = 6  # the evaluator failed (see eval.log)
+    ISOLATION_BROKEN = 8  # preflight: a property does not hold; run: the canary was not rejected
+    CAP = 9  # a cost or token cap was reached (raise it and run the same command to continue)
+    INTERRUPTED = 130  # Ctrl-C or SIGTERM (run the same command to resume)
 
 
 RESULTS_TSV_COLUMNS: Final = ("commit", "val_bpb", "memory_gb", "status", "description")

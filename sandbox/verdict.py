@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sandbox.constants import EVALUATOR_ERROR_EXIT, Status
+from sandbox.constants import EVALUATOR_ERROR_EXIT, ExitCode, Status
 from sandbox.limits import Limits
 
 # --------------------------------------------------------------------------- errors
@@ -40,6 +40,19 @@ class DataMissing(SandboxError):
 
 class EvaluatorFailed(SandboxError):
     """The trusted evaluator could not run (its own error, exit code 2), not a judgement on the artifact."""
+
+
+def exit_code_for(exc: BaseException) -> ExitCode:
+    """The command-line exit code for an infrastructure failure: the step to fix next, else ERROR."""
+    for kind, code in (
+        (EngineUnavailable, ExitCode.ENGINE),
+        (ImageMissing, ExitCode.IMAGE),
+        (DataMissing, ExitCode.DATA),
+        (EvaluatorFailed, ExitCode.EVALUATOR),
+    ):
+        if isinstance(exc, kind):
+            return code
+    return ExitCode.ERROR
 
 
 # --------------------------------------------------------------------------- models

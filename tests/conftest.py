@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     import docker
 
     from sandbox.docker_backend import DockerSandbox
-    from sandbox.preflight import PreflightResult
+    from sandbox.preflight.facts import PreflightResult
     from sandbox.verdict import TrialSpec
 
 
@@ -119,7 +119,7 @@ def preflight_result(
     tests/test_isolation_*.py files, each of which asserts on the observations of its own property
     (test_isolation_preflight_passes_under_runsc.py runs it again under gVisor)."""
     from sandbox.limits import Limits
-    from sandbox.preflight import run_preflight
+    from sandbox.preflight.runner import run_preflight
 
     limits = Limits.for_profile("tiny", runtime="runc")
     return run_preflight(docker_client, limits, tiny_data, profile="tiny", image=trainer_image)

@@ -20,7 +20,7 @@ from harness.agents.fake import ScriptedAgent
 from harness.cli import main
 from harness.loop import IsolationBroken, LoopError, ResearchLoop
 from harness.report import load_run, render_markdown, status_text
-from sandbox.constants import Decision, Status
+from sandbox.constants import Decision, ExitCode, Status
 from tests.test_canary_runs_after_the_baseline_and_every_n_candidates import (
     CRASHED,
     OTHER_CHECK,
@@ -128,7 +128,7 @@ def test_the_cli_exits_8_with_a_banner(
     argv = ["run", "--profile", "tiny", "--agent", "replay", "--replay-dir", "replay", "--backend", "local"]
     code = main([*argv, "--canary-interval", "3"])
     err = capsys.readouterr().err
-    assert code == loop_cmds.EXIT_ISOLATION_BROKEN == 8
+    assert code == ExitCode.ISOLATION_BROKEN == 8
     assert "canary every 3 candidate trials and after the baseline: set in the configuration" in err
     assert "!!! ISOLATION OR EVALUATOR BROKEN: THE RUN HAS STOPPED (exit 8)" in err
     assert "!!! ISOLATION BROKEN: the run canary t0003" in err

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 from sandbox.limits import Limits, MiB
-from sandbox.preflight import MEM_PROBE_MB, PreflightResult
+from sandbox.preflight.facts import MEM_PROBE_MB, PreflightResult
 
 pytestmark = pytest.mark.docker
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from sandbox.preflight import PreflightResult
+from sandbox.preflight.facts import PreflightResult
 
 pytestmark = pytest.mark.docker
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from sandbox.preflight import CANARY_NAME, PreflightResult
+from sandbox.preflight.facts import CANARY_NAME, PreflightResult
 
 pytestmark = pytest.mark.docker
 

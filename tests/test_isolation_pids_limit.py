@@ -12,7 +12,8 @@ from __future__ import annotations
 import pytest
 
 from sandbox.limits import Limits
-from sandbox.preflight import PIDS_SLACK, PreflightResult
+from sandbox.preflight.facts import PreflightResult
+from sandbox.preflight.limit_checks import PIDS_SLACK
 
 pytestmark = pytest.mark.docker
 

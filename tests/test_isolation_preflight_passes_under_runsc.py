@@ -14,7 +14,8 @@ import docker
 import pytest
 
 from sandbox.limits import Limits
-from sandbox.preflight import HardeningTier, run_preflight
+from sandbox.preflight.facts import HardeningTier
+from sandbox.preflight.runner import run_preflight
 
 pytestmark = pytest.mark.docker
 

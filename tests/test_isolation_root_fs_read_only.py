@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 
 from sandbox import constants as C
-from sandbox.preflight import READ_ONLY_DIRS, READ_ONLY_FILES, WRITABLE_DIRS, PreflightResult
+from sandbox.preflight.facts import READ_ONLY_DIRS, READ_ONLY_FILES, WRITABLE_DIRS, PreflightResult
 
 pytestmark = pytest.mark.docker
 

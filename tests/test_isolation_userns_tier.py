@@ -38,7 +38,8 @@ from sandbox import constants as C
 from sandbox import reaper
 from sandbox.docker_backend import remapped_root, resolve_image
 from sandbox.limits import Limits
-from sandbox.preflight import HardeningTier, PreflightResult, userns_remapped
+from sandbox.preflight.facts import HardeningTier, PreflightResult
+from sandbox.preflight.runner import userns_remapped
 from sandbox.verdict import SandboxError
 from tests.conftest import CANDIDATES, engine_unusable
 

@@ -19,6 +19,7 @@ from harness.cli import main
 from harness.ledger import Ledger, run_cost, verify
 from harness.loop import CapReached
 from harness.report import load_run, render_markdown, status_text
+from sandbox.constants import ExitCode
 from tests.claude_loop import (
     CALL_COST,
     MODEL,
@@ -137,7 +138,7 @@ def test_the_cli_exits_9_naming_the_cap_and_status_shows_the_cost(
     queue(server, 0, 3)
     args = ["run", "--profile", "tiny", "--agent", "claude", "--backend", "local", "--max-trials", "10"]
 
-    assert main([*args, "--max-cost-usd", str(1.5 * PROPOSAL_COST)]) == loop_cmds.EXIT_CAP == 9
+    assert main([*args, "--max-cost-usd", str(1.5 * PROPOSAL_COST)]) == ExitCode.CAP == 9
     assert "cap max_cost_usd reached" in capsys.readouterr().err
     run_dir = tmp_path / "runs" / "tiny-claude"
     assert candidates(run_dir) == 2

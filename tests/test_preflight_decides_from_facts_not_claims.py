@@ -18,8 +18,11 @@ from typing import Any
 import pytest
 
 from sandbox import constants as C
-from sandbox import preflight as pf
+from sandbox import docker_backend
+from sandbox.constants import ExitCode
 from sandbox.limits import Limits, MiB
+from sandbox.preflight import cli, facts, host, runner
+from sandbox.preflight.checks import judge_all
 from sandbox.verdict import EngineUnavailable
 
 LIMITS = Limits(time_budget_s=30, kill_grace_s=5, mem_limit_mb=3072, output_limit_mb=128, pids_limit=512)
@@ -30,10 +33,10 @@ ENV = {"HOME": "/tmp", "TMPDIR": "/tmp", "PATH": "/opt/venv/bin:/usr/bin", C.ENV
 
 
 def _good_probe() -> dict[str, Any]:
-    writes = {d: "EROFS" for d in pf.READ_ONLY_DIRS} | {d: "ok" for d in pf.WRITABLE_DIRS}
+    writes = {d: "EROFS" for d in facts.READ_ONLY_DIRS} | {d: "ok" for d in facts.WRITABLE_DIRS}
     ro_mounts = [
         {"mountpoint": m, "options": ["ro", "nosuid"], "fstype": "ext4", "super_options": ["rw"]}
-        for m in pf.READ_ONLY_MOUNTS
+        for m in facts.READ_ONLY_MOUNTS
     ]
     return {
         "identity": {"uid": 65532, "euid": 65532, "gid": 65532, "egid": 65532, "groups": []},
@@ -54,7 +57,7 @@ def _good_probe() -> dict[str, Any]:
             "udp": [["1.1.1.1", 53, "ENETUNREACH"]],
             "dns": {"example.com": "error:gaierror"},
         },
-        "writes": {"create": writes, "open": {f: "EACCES" for f in pf.READ_ONLY_FILES}},
+        "writes": {"create": writes, "open": {f: "EACCES" for f in facts.READ_ONLY_FILES}},
         "mounts": [
             {"mountpoint": "/", "options": ["ro", "relatime"], "fstype": "overlay", "super_options": ["rw"]},
             {"mountpoint": "/tmp", "options": ["rw"], "fstype": "tmpfs", "super_options": ["rw"]},
@@ -69,7 +72,7 @@ def _good_probe() -> dict[str, Any]:
             "scan_s": 0.9,
             "data_listing": ["tokenizer", "train"],
             "val_dir_exists": False,
-            "engine_sockets": {p: False for p in pf.ENGINE_SOCKETS},
+            "engine_sockets": {p: False for p in facts.ENGINE_SOCKETS},
         },
         "env": {"self": dict(ENV), "procs": {"1": dict(ENV), "7": dict(ENV)}},
         "output": {"fs_bytes": 128 * MiB, "written": 128 * MiB, "stopped_by": "ENOSPC"},
@@ -130,7 +133,7 @@ def _mem_attrs(exit_code: int, *, oom: bool, runtime: str = "runc") -> dict[str,
     }
 
 
-def _observed(**changes: Any) -> pf._Observed:
+def _observed(**changes: Any) -> facts.Observed:
     base: dict[str, Any] = {
         "probe": _good_probe(),
         "probe_attrs": _good_attrs(),
@@ -143,13 +146,13 @@ def _observed(**changes: Any) -> pf._Observed:
         "armed": ("172.17.0.1",),
         "listener_port": 40000,
         "accepted": (),
-        "controller_secrets": {pf.CANARY_NAME: CANARY, "GITHUB_TOKEN": "ghp_not_a_real_token"},
+        "controller_secrets": {facts.CANARY_NAME: CANARY, "GITHUB_TOKEN": "ghp_not_a_real_token"},
         "val_fingerprints": (VAL_FP,),
         "train_fingerprints": (TRAIN_FP,),
         "data_dir": "/data/tiny",
         "host_spawn_ok": True,
     }
-    return pf._Observed(**(base | changes))
+    return facts.Observed(**(base | changes))
 
 
 def _without_no_new_privs(status: dict[str, Any]) -> dict[str, Any]:
@@ -157,21 +160,21 @@ def _without_no_new_privs(status: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in status.items() if k != "NoNewPrivs"} | {"prctl_no_new_privs": "error:OSError"}
 
 
-def _pids(report: dict[str, Any]) -> pf._Observed:
+def _pids(report: dict[str, Any]) -> facts.Observed:
     return _observed(pids_log=json.dumps(PIDS_REPORT | report) + "\n")
 
 
-def _judge(obs: pf._Observed) -> dict[str, pf.Check]:
-    return {check.name: check for check in pf.judge_all(obs, LIMITS)}
+def _judge(obs: facts.Observed) -> dict[str, facts.Check]:
+    return {check.name: check for check in judge_all(obs, LIMITS)}
 
 
-def _with_probe(edit: Callable[[dict[str, Any]], None]) -> pf._Observed:
+def _with_probe(edit: Callable[[dict[str, Any]], None]) -> facts.Observed:
     probe = _good_probe()
     edit(probe)
     return _observed(probe=probe)
 
 
-def _with_attrs(edit: Callable[[dict[str, Any]], None]) -> pf._Observed:
+def _with_attrs(edit: Callable[[dict[str, Any]], None]) -> facts.Observed:
     attrs = _good_attrs()
     edit(attrs)
     return _observed(probe_attrs=attrs)
@@ -198,7 +201,7 @@ def test_a_locked_down_report_passes_every_property() -> None:
     }
 
 
-HOLES: list[tuple[str, str, Callable[[], pf._Observed]]] = [
+HOLES: list[tuple[str, str, Callable[[], facts.Observed]]] = [
     (
         "tcp connect to the internet succeeds",
         "no_network_egress",
@@ -238,7 +241,9 @@ HOLES: list[tuple[str, str, Callable[[], pf._Observed]]] = [
     (
         "the root filesystem refuses only by permission, never EROFS",
         "root_fs_read_only",
-        lambda: _with_probe(lambda p: p["writes"]["create"].update(dict.fromkeys(pf.ROOTFS_DIRS, "EACCES"))),
+        lambda: _with_probe(
+            lambda p: p["writes"]["create"].update(dict.fromkeys(facts.ROOTFS_DIRS, "EACCES"))
+        ),
     ),
     (
         "the data mount is not mounted ro",
@@ -386,7 +391,7 @@ HOLES: list[tuple[str, str, Callable[[], pf._Observed]]] = [
     (
         "the engine recorded the key in Config.Env",
         "no_secrets_in_env",
-        lambda: _with_attrs(lambda a: a["Config"]["Env"].append(f"{pf.CANARY_NAME}={CANARY}")),
+        lambda: _with_attrs(lambda a: a["Config"]["Env"].append(f"{facts.CANARY_NAME}={CANARY}")),
     ),
     (
         "the canary was never planted",
@@ -427,7 +432,9 @@ HOLES: list[tuple[str, str, Callable[[], pf._Observed]]] = [
 
 
 @pytest.mark.parametrize(("hole", "prop", "make"), HOLES, ids=[h[0] for h in HOLES])
-def test_each_hole_fails_exactly_its_property(hole: str, prop: str, make: Callable[[], pf._Observed]) -> None:
+def test_each_hole_fails_exactly_its_property(
+    hole: str, prop: str, make: Callable[[], facts.Observed]
+) -> None:
     checks = _judge(make())
     failed = sorted(name for name, c in checks.items() if not c.passed)
     assert failed == [prop], f"{hole}: {[(n, checks[n].detail) for n in failed]}"
@@ -502,9 +509,9 @@ def test_evidence_carries_the_concrete_observations() -> None:
     assert checks["no_secrets_in_env"].evidence["container_env_names"] == sorted(ENV)
     assert (
         CANARY
-        not in pf.PreflightResult(
+        not in facts.PreflightResult(
             checks=tuple(checks.values()),
-            tier=pf.HardeningTier.RUNC,
+            tier=facts.HardeningTier.RUNC,
             runtime="runc",
             default_runtime="runc",
             runtimes=("runc",),
@@ -519,12 +526,12 @@ def test_evidence_carries_the_concrete_observations() -> None:
     )
 
 
-def _result(passed: bool) -> pf.PreflightResult:
+def _result(passed: bool) -> facts.PreflightResult:
     broken = _with_probe(lambda p: p["status"].update({"NoNewPrivs": "0", "prctl_no_new_privs": 0}))
     checks = _judge(_observed() if passed else broken)
-    return pf.PreflightResult(
+    return facts.PreflightResult(
         checks=tuple(checks.values()),
-        tier=pf.HardeningTier.RUNC,
+        tier=facts.HardeningTier.RUNC,
         runtime="runc",
         default_runtime="runc",
         runtimes=("runc", "runsc"),
@@ -538,7 +545,7 @@ def _result(passed: bool) -> pf.PreflightResult:
     )
 
 
-@pytest.mark.parametrize(("passed", "code"), [(True, pf.EXIT_OK), (False, pf.EXIT_PROPERTY_FAILED)])
+@pytest.mark.parametrize(("passed", "code"), [(True, ExitCode.OK), (False, ExitCode.ISOLATION_BROKEN)])
 def test_main_exit_code_and_json_line(
     passed: bool, code: int, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -547,14 +554,14 @@ def test_main_exit_code_and_json_line(
     result = _result(passed)
     seen: dict[str, Any] = {}
 
-    def fake_run(client: object, limits: Limits, data_dir: object, **kw: Any) -> pf.PreflightResult:
+    def fake_run(client: object, limits: Limits, data_dir: object, **kw: Any) -> facts.PreflightResult:
         seen.update(limits=limits, data_dir=data_dir, **kw)
         return result
 
-    monkeypatch.setattr(pf, "connect", lambda: object())
-    monkeypatch.setattr(pf, "run_preflight", fake_run)
+    monkeypatch.setattr(docker_backend, "connect", lambda: object())
+    monkeypatch.setattr(runner, "run_preflight", fake_run)
     args = argparse.Namespace(profile="tiny", runtime="runsc", data_dir=None, json=True)
-    assert pf.main(args) == code
+    assert cli.main(args) == code
     out, err = capsys.readouterr()
     line = json.loads(out.strip().splitlines()[-1])
     assert line["passed"] is passed
@@ -569,13 +576,13 @@ def test_main_reports_an_unreachable_engine_as_infrastructure(
     def down() -> object:
         raise EngineUnavailable("cannot reach the Docker engine")
 
-    monkeypatch.setattr(pf, "connect", down)
-    assert pf.main(argparse.Namespace(json=False)) == pf.EXIT_ENGINE
+    monkeypatch.setattr(docker_backend, "connect", down)
+    assert cli.main(argparse.Namespace(json=False)) == ExitCode.ENGINE
     assert "EngineUnavailable" in capsys.readouterr().err
 
 
 def test_the_table_names_every_property_and_the_tier() -> None:
-    table = pf.format_table(_result(False))
+    table = cli.format_table(_result(False))
     for check in _result(False).checks:
         assert check.name in table
     assert "tier: runc" in table
@@ -584,7 +591,7 @@ def test_the_table_names_every_property_and_the_tier() -> None:
 
 def test_add_arguments_defaults() -> None:
     parser = argparse.ArgumentParser()
-    pf.add_arguments(parser)
+    cli.add_arguments(parser)
     args = parser.parse_args([])
     assert (args.profile, args.runtime, args.data_dir, args.json) == ("tiny", None, None, False)
     assert parser.parse_args(["--runtime", "runsc", "--json"]).runtime == "runsc"
@@ -593,17 +600,17 @@ def test_add_arguments_defaults() -> None:
 def test_the_canary_is_planted_then_the_previous_value_restored(monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
-    monkeypatch.setenv(pf.CANARY_NAME, "the-users-real-key")
-    with pf._canary_in_environment() as canary:
-        assert os.environ[pf.CANARY_NAME] == canary != "the-users-real-key"
-        assert pf._controller_secrets()[pf.CANARY_NAME] == canary
-    assert os.environ[pf.CANARY_NAME] == "the-users-real-key"
+    monkeypatch.setenv(facts.CANARY_NAME, "the-users-real-key")
+    with host.canary_in_environment() as canary:
+        assert os.environ[facts.CANARY_NAME] == canary != "the-users-real-key"
+        assert host.controller_secrets()[facts.CANARY_NAME] == canary
+    assert os.environ[facts.CANARY_NAME] == "the-users-real-key"
 
 
 def test_the_host_listener_counts_only_what_arrives_after_arming() -> None:
     import socket
 
-    listener = pf._HostListener()
+    listener = host.HostListener()
     try:
         assert listener.arm(["127.0.0.1", "192.0.2.1"]) == ["127.0.0.1"]  # TEST-NET-1 is unreachable
         assert listener.accepted() == []

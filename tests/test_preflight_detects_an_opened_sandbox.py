@@ -16,9 +16,9 @@ from typing import Any
 import docker
 import pytest
 
-from sandbox import preflight as pf
 from sandbox.docker_backend import DockerTrial
 from sandbox.limits import Limits
+from sandbox.preflight import facts, runner
 
 pytestmark = pytest.mark.docker
 
@@ -31,11 +31,11 @@ def test_an_opened_sandbox_fails_the_matching_properties(
     def opened(self: DockerTrial, out: Any) -> dict[str, Any]:
         config = production(self, out)
         config |= {"network_mode": "bridge", "cap_add": ["CHOWN"], "read_only": False}
-        config["environment"] = config["environment"] | {pf.CANARY_NAME: os.environ[pf.CANARY_NAME]}
+        config["environment"] = config["environment"] | {facts.CANARY_NAME: os.environ[facts.CANARY_NAME]}
         return config
 
     monkeypatch.setattr(DockerTrial, "train_config", opened)
-    result = pf.run_preflight(
+    result = runner.run_preflight(
         docker_client, Limits.for_profile("tiny", runtime="runc"), tiny_data, image=trainer_image
     )
     failed = {c.name for c in result.checks if not c.passed}
@@ -63,4 +63,4 @@ def test_an_opened_sandbox_fails_the_matching_properties(
     # A non-root process gets an added capability only in its bounding set (bit 0 is CAP_CHOWN).
     assert int(result.check("no_capabilities").evidence["CapBnd"], 16) & 1
     assert result.check("root_fs_read_only").evidence["create"]["/var/tmp"] == "ok"
-    assert f"{pf.CANARY_NAME} in self" in result.check("no_secrets_in_env").evidence["leaks"]
+    assert f"{facts.CANARY_NAME} in self" in result.check("no_secrets_in_env").evidence["leaks"]

@@ -19,13 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from sandbox import preflight as pf
 from sandbox.limits import Limits, MiB
+from sandbox.preflight import facts, host, limit_checks, runner
+from sandbox.preflight.checks import judge_all
 
 
-def _run(snippet: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def _run(mode: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-I", "-S", "-c", snippet, *args],
+        runner.probe_command(mode, *args, python=sys.executable),  # exactly what the containers run
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -57,10 +58,10 @@ def test_the_train_probe_finds_planted_facts(tmp_path: Path) -> None:
     writable = tmp_path / "writable"
     writable.mkdir()
 
-    val_fps = tuple(pf._fingerprints(data / "val"))
-    train_fps = tuple(pf._fingerprints(data / "train"))
+    val_fps = tuple(host.fingerprints(data / "val"))
+    train_fps = tuple(host.fingerprints(data / "train"))
     limits = Limits(time_budget_s=1, kill_grace_s=1, mem_limit_mb=64, output_limit_mb=2)
-    params: dict[str, Any] = pf._probe_params(limits, ("127.0.0.1",), _closed_port(), val_fps, train_fps)
+    params: dict[str, Any] = facts.probe_params(limits, ("127.0.0.1",), _closed_port(), val_fps, train_fps)
     params |= {
         "connect": [["127.0.0.1", _closed_port()]],
         "udp": [],
@@ -75,7 +76,7 @@ def test_the_train_probe_finds_planted_facts(tmp_path: Path) -> None:
         "out_overshoot": 1 * MiB,
     }
     try:
-        proc = _run(pf.PROBE, json.dumps(params))
+        proc = _run("train", json.dumps(params))
     finally:
         sock.close()
     assert proc.returncode == 0, proc.stderr
@@ -97,14 +98,14 @@ def test_the_train_probe_finds_planted_facts(tmp_path: Path) -> None:
     assert obs["identity"]["uid"] >= 0 and "CapEff" in obs["status"]
     assert any(m["mountpoint"] == "/" for m in obs["mounts"])
 
-    checks = {c.name: c for c in pf.judge_all(_observed(obs, val_fps, train_fps), limits)}
+    checks = {c.name: c for c in judge_all(_observed(obs, val_fps, train_fps), limits)}
     assert not checks["no_val_data"].passed and "weights.bin" in checks["no_val_data"].detail
     assert not checks["no_engine_socket"].passed
     assert not checks["output_cap"].passed
 
 
-def _observed(obs: dict[str, Any], val: tuple[Any, ...], train: tuple[Any, ...]) -> pf._Observed:
-    return pf._Observed(
+def _observed(obs: dict[str, Any], val: tuple[Any, ...], train: tuple[Any, ...]) -> facts.Observed:
+    return facts.Observed(
         probe=obs,
         probe_attrs={},
         probe_log_tail="",
@@ -125,15 +126,15 @@ def _observed(obs: dict[str, Any], val: tuple[Any, ...], train: tuple[Any, ...])
 
 
 def test_the_fork_bomb_counts_and_reaps_its_children() -> None:
-    proc = _run(pf.PIDS_PROBE, "40", "10")
+    proc = _run("pids", "40", "10")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert lines[:2] == ["forked 16", "forked 32"]
-    report = pf._PidsReport.model_validate_json(lines[-1])
+    report = limit_checks._PidsReport.model_validate_json(lines[-1])
     assert (report.forked, report.stopped_by, report.fork_after) == (40, "cap", True)
 
 
 def test_the_memory_hog_reports_as_it_allocates() -> None:
-    proc = _run(pf.MEM_PROBE, "8", "24")
+    proc = _run("mem", "8", "24")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["8", "16", "24", "survived"]

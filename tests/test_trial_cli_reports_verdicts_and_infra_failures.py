@@ -118,21 +118,17 @@ def test_a_docker_verdict_exits_zero(trainer_image: str, fake_data: Path, tmp_pa
     assert "candidate bug" in Path(verdict["logs"]["train"]).read_text()
 
 
-def test_preflight_flags_match_the_preflight_module() -> None:
-    """sandbox_cmds declares preflight's flags itself (to keep --help fast); they must not drift."""
-    import argparse
-
-    from harness.cli import build_parser
-    from sandbox import preflight
-
-    def flags(parser: argparse.ArgumentParser) -> dict[str, object]:
-        return {
-            a.dest: (tuple(a.option_strings), a.default, a.choices)
-            for a in parser._actions
-            if a.dest != "help"
-        }
-
-    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    reference = argparse.ArgumentParser()
-    preflight.add_arguments(reference)
-    assert flags(sub.choices["preflight"]) == flags(reference)
+def test_the_cli_parser_declares_preflight_flags_once_without_docker_py() -> None:
+    """`preflight`'s flags come from sandbox.preflight.cli (one declaration); building the parser, as
+    --help does, loads neither docker-py nor preflight's engine side."""
+    code = (
+        "import sys\n"
+        "from harness.cli import build_parser\n"
+        "args = build_parser().parse_args(['preflight', '--runtime', 'runsc', '--json'])\n"
+        "print(args.runtime, args.json, args.profile, 'docker' in sys.modules, "
+        "'sandbox.preflight.runner' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout.split()
+    assert out == ["runsc", "True", "tiny", "False", "False"]

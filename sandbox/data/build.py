@@ -301,7 +301,9 @@ def _build_tiny(root: Path, prof: Profile) -> dict[str, Any]:
     }
 
 
-def _build_gpu(root: Path, prof: Profile, num_shards: int, url: str, **download_kwargs: Any) -> dict[str, Any]:
+def _build_gpu(
+    root: Path, prof: Profile, num_shards: int, url: str, **download_kwargs: Any
+) -> dict[str, Any]:
     train_paths, val_path = download.download_shards(root, num_shards, url, **download_kwargs)
     source = {"base_url": url, "parquet_sha256": {p.name: sha256_file(p) for p in [*train_paths, val_path]}}
 
@@ -373,9 +375,7 @@ def prepare_data(
         extra["unigram_bpb"] = unigram_bpb(root, prof)
         files = {p.relative_to(root).as_posix(): sha256_file(p) for p in _data_files(root)}
         manifest = {**ident, **extra, "files": files}  # no timestamp: same data, same manifest hash
-        atomic_write(
-            root / DATA_MANIFEST_FILE, json.dumps(manifest, indent=2, sort_keys=True).encode()
-        )
+        atomic_write(root / DATA_MANIFEST_FILE, json.dumps(manifest, indent=2, sort_keys=True).encode())
         log.info("%s: prepared profile %s in %.1fs", root, prof.name, time.monotonic() - t0)
     return root
 
