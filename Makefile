@@ -8,9 +8,9 @@
 # torch: TORCH_VARIANT=cpu|cuda (default: cuda when `nvidia-smi -L` lists a GPU). It selects the
 # torch build installed here (cpu: torch==$(TORCH_VERSION)+cpu, from pip's configured sources or
 # else the PyTorch CPU index, never PyPI's CUDA build with its GBs of libraries) and the one baked
-# into the trainer image (sandbox/images.py reads the same variable).
+# into the trainer image (sandbox/build/ reads the same variable).
 #
-# Images (sandbox/images.py): BASE_IMAGE=... to build on another base (default python:3.11-slim-bookworm,
+# Images (sandbox/build/): BASE_IMAGE=... to build on another base (default python:3.11-slim-bookworm,
 # else a Debian base bootstrapped here, which needs root); TOOLCHAIN=yes|no|auto for gcc in the
 # trainer (torch.compile; auto = with cuda); IMAGES_ARGS=--trainer-only|--no-cache|--refresh-wheelhouse.
 
@@ -73,13 +73,13 @@ engine-userns: images
 	@sandbox/scripts/userns-engine.sh
 
 base: install engine
-	$(PY) -m sandbox.images base
+	$(PY) -m sandbox.build base
 
 wheelhouse: install
-	$(PY) -m sandbox.images wheelhouse
+	$(PY) -m sandbox.build wheelhouse
 
 images: install engine
-	$(PY) -m sandbox.images build $(IMAGES_ARGS)
+	$(PY) -m sandbox.build build $(IMAGES_ARGS)
 
 data: install
 	$(PY) prepare.py --profile $(PROFILE)

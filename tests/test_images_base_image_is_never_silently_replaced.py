@@ -13,7 +13,7 @@ import docker.errors
 import pytest
 
 from sandbox import constants as C
-from sandbox import images
+from sandbox.build import base, options
 
 
 class FakeImage:
@@ -46,7 +46,7 @@ class FakeClient:
         self.images = FakeImages(present or {}, pullable or set())
 
 
-BOOTSTRAPPED = FakeImage({images.LABEL_BASE_PACKAGES: ",".join(images.BASE_PACKAGES)})
+BOOTSTRAPPED = FakeImage({options.LABEL_BASE_PACKAGES: ",".join(options.BASE_PACKAGES)})
 
 
 @pytest.fixture
@@ -58,39 +58,39 @@ def bootstraps(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
         client.images.present[C.BASE_IMAGE_LOCAL] = BOOTSTRAPPED
         return C.BASE_IMAGE_LOCAL
 
-    monkeypatch.setattr(images, "bootstrap_base_image", fake_bootstrap)
+    monkeypatch.setattr(base, "bootstrap_base_image", fake_bootstrap)
     return calls
 
 
 def test_a_present_base_is_used_as_is(bootstraps: list[Any]) -> None:
-    client = FakeClient({images.DEFAULT_BASE_IMAGE: FakeImage(), C.BASE_IMAGE_LOCAL: BOOTSTRAPPED})
-    assert images.ensure_base_image(client, images.DEFAULT_BASE_IMAGE) == images.DEFAULT_BASE_IMAGE
+    client = FakeClient({options.DEFAULT_BASE_IMAGE: FakeImage(), C.BASE_IMAGE_LOCAL: BOOTSTRAPPED})
+    assert base.ensure_base_image(client, options.DEFAULT_BASE_IMAGE) == options.DEFAULT_BASE_IMAGE
     assert client.images.pulls == [] and bootstraps == []
 
 
 def test_the_default_base_is_pulled_when_a_registry_answers(bootstraps: list[Any]) -> None:
-    client = FakeClient(pullable={images.DEFAULT_BASE_IMAGE})
-    assert images.ensure_base_image(client, images.DEFAULT_BASE_IMAGE) == images.DEFAULT_BASE_IMAGE
+    client = FakeClient(pullable={options.DEFAULT_BASE_IMAGE})
+    assert base.ensure_base_image(client, options.DEFAULT_BASE_IMAGE) == options.DEFAULT_BASE_IMAGE
     assert bootstraps == []
 
 
 def test_without_a_registry_the_default_base_is_bootstrapped_once(bootstraps: list[Any]) -> None:
     client = FakeClient()
-    assert images.ensure_base_image(client, images.DEFAULT_BASE_IMAGE) == C.BASE_IMAGE_LOCAL
-    assert len(bootstraps) == 1 and client.images.pulls == [images.DEFAULT_BASE_IMAGE]
+    assert base.ensure_base_image(client, options.DEFAULT_BASE_IMAGE) == C.BASE_IMAGE_LOCAL
+    assert len(bootstraps) == 1 and client.images.pulls == [options.DEFAULT_BASE_IMAGE]
     # The next build reuses the bootstrap and does not try the registry again.
-    assert images.ensure_base_image(client, images.DEFAULT_BASE_IMAGE) == C.BASE_IMAGE_LOCAL
-    assert len(bootstraps) == 1 and client.images.pulls == [images.DEFAULT_BASE_IMAGE]
+    assert base.ensure_base_image(client, options.DEFAULT_BASE_IMAGE) == C.BASE_IMAGE_LOCAL
+    assert len(bootstraps) == 1 and client.images.pulls == [options.DEFAULT_BASE_IMAGE]
 
 
 def test_a_bootstrap_with_another_package_set_is_rebuilt(bootstraps: list[Any]) -> None:
-    client = FakeClient({C.BASE_IMAGE_LOCAL: FakeImage({images.LABEL_BASE_PACKAGES: "python3"})})
-    assert images.ensure_base_image(client, C.BASE_IMAGE_LOCAL) == C.BASE_IMAGE_LOCAL
+    client = FakeClient({C.BASE_IMAGE_LOCAL: FakeImage({options.LABEL_BASE_PACKAGES: "python3"})})
+    assert base.ensure_base_image(client, C.BASE_IMAGE_LOCAL) == C.BASE_IMAGE_LOCAL
     assert len(bootstraps) == 1
 
 
 def test_an_explicit_base_that_cannot_be_found_is_an_error_not_a_substitute(bootstraps: list[Any]) -> None:
     client = FakeClient({C.BASE_IMAGE_LOCAL: BOOTSTRAPPED})
-    with pytest.raises(images.BaseImageUnavailable, match="my-registry/base:1"):
-        images.ensure_base_image(client, "my-registry/base:1")
+    with pytest.raises(options.BaseImageUnavailable, match="my-registry/base:1"):
+        base.ensure_base_image(client, "my-registry/base:1")
     assert client.images.pulls == ["my-registry/base:1"] and bootstraps == []

@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 
 from sandbox import constants as C
-from sandbox import images
-from sandbox.images import BuildOptions, TorchVariant
+from sandbox.build import images, options
+from sandbox.build.options import BuildOptions, TorchVariant
+from sandbox.incontainer import fileio
 
 
 @pytest.fixture
@@ -28,10 +29,10 @@ def recorded(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[dict[str, 
         return f"sha256:{len(builds):064d}"
 
     for folder, lock in (
-        (images.TRAINER_DIR, images.TRAINER_LOCK),
-        (images.CONTROLLER_DIR, images.CONTROLLER_LOCK),
+        (options.TRAINER_DIR, options.TRAINER_LOCK),
+        (options.CONTROLLER_DIR, options.CONTROLLER_LOCK),
     ):
-        path = tmp_path / images.WHEELHOUSE_REL / folder / lock
+        path = tmp_path / options.WHEELHOUSE_REL / folder / lock
         path.parent.mkdir(parents=True)
         path.write_text(f"{folder} lock\n")
     monkeypatch.setattr(images, "build_image", fake_build)
@@ -40,7 +41,7 @@ def recorded(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[dict[str, 
     return builds
 
 
-def build(tmp_path: Path, base: str = images.DEFAULT_BASE_IMAGE, **options: Any) -> dict[str, str]:
+def build(tmp_path: Path, base: str = options.DEFAULT_BASE_IMAGE, **options: Any) -> dict[str, str]:
     opts = BuildOptions(context=tmp_path, base_image=base, **options)
     return images.build_images(opts, client=object())
 
@@ -64,11 +65,11 @@ def test_trainer_args_are_the_constants(recorded: list[dict[str, Any]], tmp_path
         C.CONTAINER_ARTIFACT,
         C.CONTAINER_REPORT_DIR,
     }
-    assert args["BASE_IMAGE"] == images.DEFAULT_BASE_IMAGE
-    lock = tmp_path / images.WHEELHOUSE_REL / images.TRAINER_DIR / images.TRAINER_LOCK
+    assert args["BASE_IMAGE"] == options.DEFAULT_BASE_IMAGE
+    lock = tmp_path / options.WHEELHOUSE_REL / options.TRAINER_DIR / options.TRAINER_LOCK
     assert trainer["labels"] == {
-        images.LABEL_TORCH_VARIANT: "cpu",
-        images.LABEL_LOCK_SHA256: images.lock_sha256(lock),
+        options.LABEL_TORCH_VARIANT: "cpu",
+        options.LABEL_LOCK_SHA256: fileio.sha256_file(lock),
     }
     assert digests["trainer"] == f"sha256:{recorded.index(trainer) + 1:064d}"
 
@@ -77,7 +78,7 @@ def test_controller_is_built_on_the_runtime_just_built(
     recorded: list[dict[str, Any]], tmp_path: Path
 ) -> None:
     digests = build(tmp_path, torch_variant=TorchVariant.CPU)
-    runtime = by_tag(recorded, images.RUNTIME_IMAGE)
+    runtime = by_tag(recorded, options.RUNTIME_IMAGE)
     controller = by_tag(recorded, C.CONTROLLER_IMAGE)
     assert (runtime["dockerfile"], runtime["target"]) == ("Dockerfile.trainer", "runtime")
     assert runtime["buildargs"] == by_tag(recorded, C.TRAINER_IMAGE)["buildargs"]  # same layers, cached
@@ -95,9 +96,9 @@ def test_trainer_only_builds_one_image(recorded: list[dict[str, Any]], tmp_path:
 @pytest.mark.parametrize(
     ("variant", "base", "expected"),
     [
-        (TorchVariant.CPU, images.DEFAULT_BASE_IMAGE, set()),
-        (TorchVariant.CUDA, images.DEFAULT_BASE_IMAGE, set(images.TOOLCHAIN_PACKAGES)),
-        (TorchVariant.CUDA, C.BASE_IMAGE_LOCAL, {*images.TOOLCHAIN_PACKAGES, images.DEBIAN_PYTHON_HEADERS}),
+        (TorchVariant.CPU, options.DEFAULT_BASE_IMAGE, set()),
+        (TorchVariant.CUDA, options.DEFAULT_BASE_IMAGE, set(options.TOOLCHAIN_PACKAGES)),
+        (TorchVariant.CUDA, C.BASE_IMAGE_LOCAL, {*options.TOOLCHAIN_PACKAGES, options.DEBIAN_PYTHON_HEADERS}),
     ],
 )
 def test_a_compiler_comes_with_cuda_and_python_headers_with_debian_python(

@@ -12,7 +12,7 @@ import re
 import shutil
 from pathlib import Path
 
-from sandbox import images
+from sandbox.build import images, options
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILES = ("Dockerfile.trainer", "Dockerfile.controller")
@@ -78,7 +78,7 @@ def test_every_source_a_dockerfile_copies_is_in_the_context() -> None:
             if not match:
                 continue
             for source in match.group(1).split():
-                if source.startswith(images.WHEELHOUSE_REL):  # written by `make images`, checked above
+                if source.startswith(options.WHEELHOUSE_REL):  # written by `make images`, checked above
                     continue
                 src = source.rstrip("/")
                 assert src in sent or any(f.startswith(src + "/") for f in sent), f"{dockerfile}: {source}"
@@ -86,11 +86,11 @@ def test_every_source_a_dockerfile_copies_is_in_the_context() -> None:
 
 def test_each_image_copies_only_its_own_wheel_folder() -> None:
     """So a change to the controller's pins never rebuilds the trainer's torch layer."""
-    wheelhouse = images.WHEELHOUSE_REL
+    wheelhouse = options.WHEELHOUSE_REL
     trainer, controller = ((ROOT / d).read_text() for d in DOCKERFILES)
-    assert f"COPY {wheelhouse}/{images.TRAINER_DIR}/ /wheels/" in trainer
-    assert f"COPY {wheelhouse}/{images.CONTROLLER_DIR}/ /wheels/" in controller
-    assert f"{wheelhouse}/{images.CONTROLLER_DIR}" not in trainer
-    assert f"{wheelhouse}/{images.TRAINER_DIR}" not in controller
+    assert f"COPY {wheelhouse}/{options.TRAINER_DIR}/ /wheels/" in trainer
+    assert f"COPY {wheelhouse}/{options.CONTROLLER_DIR}/ /wheels/" in controller
+    assert f"{wheelhouse}/{options.CONTROLLER_DIR}" not in trainer
+    assert f"{wheelhouse}/{options.TRAINER_DIR}" not in controller
     ignored = (ROOT / ".gitignore").read_text().split()
     assert "/.build/" in ignored or ".build/" in ignored

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.docker
 
 CHECK = (
     "set -e; python -m harness --help >/dev/null; git --version; "
-    "python -c 'import prepare, sandbox.data.build, sandbox.images, sandbox.docker_backend, anthropic, matplotlib, pyarrow; print(\"imports ok\")'"
+    "python -c 'import prepare, sandbox.data.build, sandbox.build.images, sandbox.docker_backend, anthropic, matplotlib, pyarrow; print(\"imports ok\")'"
 )
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from sandbox import constants as C
-from sandbox import images
+from sandbox.build import options
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -77,7 +77,7 @@ def test_the_controller_is_built_on_the_trainer_runtime_and_shares_its_torch_lay
     """FROM the trainer's runtime stage (by the ID sandbox.images passes): never a second torch install or copy."""
     controller = stages("Dockerfile.controller")
     assert [s[0] for s in controller] == ["FROM ${RUNTIME_IMAGE} AS deps", "FROM ${RUNTIME_IMAGE}"]
-    assert arg_defaults("Dockerfile.controller")["RUNTIME_IMAGE"] == images.RUNTIME_IMAGE
+    assert arg_defaults("Dockerfile.controller")["RUNTIME_IMAGE"] == options.RUNTIME_IMAGE
     everything = " ".join(instructions("Dockerfile.controller"))
     assert "trainer.lock" not in everything and "/opt/venv /opt/venv" not in everything
     assert "USER root" in controller[-1]

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import images
-from sandbox.images import LockedWheel, TorchVariant, WheelhouseError
+from sandbox.build import options, wheelhouse
+from sandbox.build.options import LockedWheel, TorchVariant, WheelhouseError
+from sandbox.incontainer import fileio
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,33 +25,33 @@ def wheel(name: str, version: str, sha: str = "0" * 64) -> LockedWheel:
 
 
 def test_every_trainer_and_controller_requirement_is_an_exact_pin() -> None:
-    for path in (images.TRAINER_REQUIREMENTS, images.CONTROLLER_REQUIREMENTS):
-        pins = images.read_pins(path)
+    for path in (options.TRAINER_REQUIREMENTS, options.CONTROLLER_REQUIREMENTS):
+        pins = wheelhouse.read_pins(path)
         assert pins, f"{path} pins nothing"
         assert all(version[0].isdigit() for version in pins.values()), pins
 
 
 def test_torch_is_pinned_only_by_the_variant_never_in_the_requirement_files() -> None:
-    for path in (images.TRAINER_REQUIREMENTS, images.CONTROLLER_REQUIREMENTS):
-        assert "torch" not in images.read_pins(path)
-    assert images.torch_requirement(TorchVariant.CPU) == f"torch=={images.TORCH_VERSION}+cpu"
-    cuda = images.torch_requirement(TorchVariant.CUDA)
-    assert cuda.startswith(f"torch=={images.TORCH_VERSION},") and f"!={images.TORCH_VERSION}+cpu" in cuda
+    for path in (options.TRAINER_REQUIREMENTS, options.CONTROLLER_REQUIREMENTS):
+        assert "torch" not in wheelhouse.read_pins(path)
+    assert wheelhouse.torch_requirement(TorchVariant.CPU) == f"torch=={options.TORCH_VERSION}+cpu"
+    cuda = wheelhouse.torch_requirement(TorchVariant.CUDA)
+    assert cuda.startswith(f"torch=={options.TORCH_VERSION},") and f"!={options.TORCH_VERSION}+cpu" in cuda
 
 
 def test_the_image_torch_is_the_version_pyproject_pins() -> None:
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    assert f"torch=={images.TORCH_VERSION}" in deps
+    assert f"torch=={options.TORCH_VERSION}" in deps
 
 
 def test_controller_requirements_cover_every_runtime_dependency_of_the_project() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     names = {
-        images.normalize(d.split(">")[0].split("=")[0].split("<")[0].split("[")[0])
+        wheelhouse.normalize(d.split(">")[0].split("=")[0].split("<")[0].split("[")[0])
         for d in project["dependencies"]
     }
-    pinned = set(images.read_pins(images.TRAINER_REQUIREMENTS)) | set(
-        images.read_pins(images.CONTROLLER_REQUIREMENTS)
+    pinned = set(wheelhouse.read_pins(options.TRAINER_REQUIREMENTS)) | set(
+        wheelhouse.read_pins(options.CONTROLLER_REQUIREMENTS)
     )
     assert names - pinned - {"torch"} == set(), "pyproject.toml depends on packages no image installs"
 
@@ -62,22 +63,22 @@ def test_a_loose_requirement_is_refused(tmp_path: Path, line: str) -> None:
     req = tmp_path / "req.txt"
     req.write_text(f"# comment\n{line}\n")
     with pytest.raises(WheelhouseError, match="exact"):
-        images.read_pins(req)
+        wheelhouse.read_pins(req)
 
 
 def test_a_package_pinned_twice_is_refused(tmp_path: Path) -> None:
     req = tmp_path / "req.txt"
     req.write_text("typing_extensions==4.16.0\ntyping-extensions==4.16.0\n")
     with pytest.raises(WheelhouseError, match="twice"):
-        images.read_pins(req)
+        wheelhouse.read_pins(req)
 
 
 def test_lock_lines_carry_the_sha256_pip_will_require(tmp_path: Path) -> None:
     sha = "ab" * 32
-    digest = images.write_lock(tmp_path / "x.lock", [wheel("numpy", "2.4.6", sha)], "header line")
+    digest = wheelhouse.write_lock(tmp_path / "x.lock", [wheel("numpy", "2.4.6", sha)], "header line")
     text = (tmp_path / "x.lock").read_text()
     assert text.splitlines() == ["# header line", f"numpy==2.4.6 --hash=sha256:{sha}"]
-    assert digest == images.lock_sha256(tmp_path / "x.lock")
+    assert digest == fileio.sha256_file(tmp_path / "x.lock")
 
 
 def test_report_parsing_names_versions_and_hashes_every_wheel(tmp_path: Path) -> None:
@@ -100,32 +101,34 @@ def test_report_parsing_names_versions_and_hashes_every_wheel(tmp_path: Path) ->
             },
         ]
     }
-    locked = images.wheels_from_report(report, tmp_path)
+    locked = wheelhouse.wheels_from_report(report, tmp_path)
     assert [(w.name, w.version) for w in locked] == [("torch", "2.13.0+cpu"), ("typing-extensions", "4.16.0")]
     assert locked[0].filename == plus.name  # %2B decoded: the file the prune step must keep
-    assert locked[0].sha256 == images._file_sha256(plus)  # no hash in the report: computed from the file
+    assert locked[0].sha256 == fileio.sha256_file(plus)  # no hash in the report: computed from the file
     assert locked[1].sha256 == "cd" * 32
 
 
 def test_two_versions_of_one_package_across_locks_are_refused() -> None:
-    assert [w.name for w in images.merge_locks([wheel("a", "1")], [wheel("a", "1"), wheel("b", "2")])] == [
+    assert [
+        w.name for w in wheelhouse.merge_locks([wheel("a", "1")], [wheel("a", "1"), wheel("b", "2")])
+    ] == [
         "a",
         "b",
     ]
     with pytest.raises(WheelhouseError, match="both"):
-        images.merge_locks([wheel("a", "1")], [wheel("a", "2")])
+        wheelhouse.merge_locks([wheel("a", "1")], [wheel("a", "2")])
 
 
 def test_a_lock_whose_torch_is_not_the_variant_is_refused() -> None:
     cpu_lock = [wheel("torch", "2.13.0+cpu"), wheel("numpy", "2.4.6")]
     cuda_lock = [wheel("torch", "2.13.0"), wheel("nvidia-cublas-cu12", "12.9.1.4")]
-    images.check_variant(cpu_lock, TorchVariant.CPU)
-    images.check_variant(cuda_lock, TorchVariant.CUDA)
+    wheelhouse.check_variant(cpu_lock, TorchVariant.CPU)
+    wheelhouse.check_variant(cuda_lock, TorchVariant.CUDA)
     with pytest.raises(WheelhouseError, match="cpu"):
-        images.check_variant(cuda_lock, TorchVariant.CPU)
+        wheelhouse.check_variant(cuda_lock, TorchVariant.CPU)
     with pytest.raises(WheelhouseError, match="cuda"):
-        images.check_variant(cpu_lock, TorchVariant.CUDA)
+        wheelhouse.check_variant(cpu_lock, TorchVariant.CUDA)
     with pytest.raises(WheelhouseError, match="CUDA libraries"):
-        images.check_variant([wheel("torch", "2.13.0")], TorchVariant.CUDA)
+        wheelhouse.check_variant([wheel("torch", "2.13.0")], TorchVariant.CUDA)
     with pytest.raises(WheelhouseError, match="no torch"):
-        images.check_variant([wheel("numpy", "2.4.6")], TorchVariant.CPU)
+        wheelhouse.check_variant([wheel("numpy", "2.4.6")], TorchVariant.CPU)

@@ -17,7 +17,8 @@ import docker
 import pytest
 
 from sandbox import constants as C
-from sandbox import images
+from sandbox.build import images, options
+from sandbox.incontainer import fileio
 
 pytestmark = pytest.mark.docker
 
@@ -87,7 +88,7 @@ def test_no_package_installer_is_left(facts: dict[str, Any]) -> None:
 
 
 def test_train_and_eval_imports_resolve_to_the_baked_app(facts: dict[str, Any]) -> None:
-    assert facts["torch"].startswith(images.TORCH_VERSION)
+    assert facts["torch"].startswith(options.TORCH_VERSION)
     assert facts["prepare_file"] == f"{C.CONTAINER_APP}/prepare.py"
     assert facts["evaluator_file"] == f"{C.CONTAINER_APP}/sandbox/evaluate.py"
     assert facts["pyc"], "the app's bytecode is compiled at build time (read-only root at run time)"
@@ -103,12 +104,12 @@ def test_labels_name_the_torch_build_and_the_lock_inside(
     facts: dict[str, Any], docker_client: docker.DockerClient, trainer_image: str
 ) -> None:
     labels = docker_client.images.get(trainer_image).labels
-    variant = labels[images.LABEL_TORCH_VARIANT]
-    assert facts["torch"].endswith("+cpu") == (variant == images.TorchVariant.CPU.value)
-    lock = images.REPO_ROOT / images.WHEELHOUSE_REL / images.TRAINER_DIR / images.TRAINER_LOCK
+    variant = labels[options.LABEL_TORCH_VARIANT]
+    assert facts["torch"].endswith("+cpu") == (variant == options.TorchVariant.CPU.value)
+    lock = options.REPO_ROOT / options.WHEELHOUSE_REL / options.TRAINER_DIR / options.TRAINER_LOCK
     if lock.exists():  # the image may have been built from another checkout; then only the format is checked
-        assert labels[images.LABEL_LOCK_SHA256] == images.lock_sha256(lock)
-    assert len(labels[images.LABEL_LOCK_SHA256]) == 64
+        assert labels[options.LABEL_LOCK_SHA256] == fileio.sha256_file(lock)
+    assert len(labels[options.LABEL_LOCK_SHA256]) == 64
 
 
 def test_image_digest_is_the_content_id(docker_client: docker.DockerClient, trainer_image: str) -> None:

@@ -28,7 +28,7 @@
 # owners) rather than rebuilt there, and only when its ID differs from the default engine's. Measured
 # on the 2-core dev host, shared (load 1-8): load 28-30 s cold, 18 s after a source-only rebuild
 # (the save side still streams 1.08 GB); a rebuild in the remapped engine took 3 s (base image load)
-# + 238 s (`python -m sandbox.images build --trainer-only`, torch re-installed).
+# + 238 s (`python -m sandbox.build build --trainer-only`, torch re-installed).
 #
 # Exit codes: 0 ready; 1 error; 2 user namespaces unsupported here (the reason is printed and written
 # to $USERNS_UNSUPPORTED_FILE, which the tests read and report).
