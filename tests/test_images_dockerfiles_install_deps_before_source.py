@@ -74,7 +74,7 @@ def test_the_trainer_source_sits_in_its_own_last_stage() -> None:
 
 
 def test_the_controller_is_built_on_the_trainer_runtime_and_shares_its_torch_layer() -> None:
-    """FROM the trainer's runtime stage (by the ID sandbox.images passes): never a second torch install or copy."""
+    """FROM the trainer's runtime stage (by the ID sandbox.build passes): never a second torch install or copy."""
     controller = stages("Dockerfile.controller")
     assert [s[0] for s in controller] == ["FROM ${RUNTIME_IMAGE} AS deps", "FROM ${RUNTIME_IMAGE}"]
     assert arg_defaults("Dockerfile.controller")["RUNTIME_IMAGE"] == options.RUNTIME_IMAGE
