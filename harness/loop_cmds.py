@@ -8,9 +8,16 @@ the same run. When a session ends it writes progress.png and report.md into the 
 Exit codes: 0 done; 1 the run stopped on an error (the message says what to do); 2 the
 configuration is broken; 3 engine unreachable, 4 image missing, 5 data missing, 6 the evaluator failed (as `trial`);
 8 ISOLATION BROKEN: the run canary, a known cheat, was not rejected (harness/canary.py); 9 a cost or
-token cap was reached (the message names it; raise it and run the same command to continue); 130
-interrupted (Ctrl-C or SIGTERM; run the same command to resume). `verify-ledger` exits 1
+token cap was reached (the message names it; raise it and run the same command to continue); 10 the
+local backend was asked for with an LLM agent without `--i-understand-local-runs-agent-code-unsandboxed`;
+130 interrupted (Ctrl-C or SIGTERM; run the same command to resume). `verify-ledger` exits 1
 when history does not verify.
+
+Deliberate: `--backend local` runs train.py as a host process with no isolation at all. With the
+scripted agents (offline, replay) the code is this repository's or a folder the user chose; with an
+LLM agent it is code nobody has read, so the run refuses to start unless the loudly named flag is
+given on the command line. The acknowledgement is a flag only (no setting, no environment variable):
+it cannot be left in a file and forgotten.
 """
 
 from __future__ import annotations
@@ -26,6 +33,9 @@ from typing import Any
 from sandbox.constants import ExitCode
 
 logger = logging.getLogger(__name__)
+
+LOCAL_ACK_FLAG = "--i-understand-local-runs-agent-code-unsandboxed"
+SCRIPTED_AGENTS = frozenset({"offline", "replay"})  # agents whose train.py no model wrote during the run
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -48,6 +58,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run.add_argument("--run-dir", type=Path, help="default: runs/<profile>-<agent>")
     run.add_argument("--config", type=Path, help="TOML settings (default: ./autoresearch.toml if present)")
     run.add_argument("--backend", choices=("docker", "local"), help="local isolates NOTHING: tests only")
+    run.add_argument(
+        LOCAL_ACK_FLAG,
+        dest="local_unsandboxed_ack",
+        action="store_true",
+        help="required for --backend local with an LLM agent: its train.py then runs on this host, "
+        "as you, with your files, network and credentials, and NOTHING isolates it",
+    )
     run.add_argument("--runtime", choices=("runc", "runsc"), help="container runtime (default: the engine's)")
     run.add_argument("--program", type=Path, help="the agent's instructions (default: ./program.md)")
     run.add_argument("--train-py", type=Path, help="the starting train.py (default: ./train.py)")
@@ -171,6 +188,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         _err(str(exc))
         return ExitCode.CONFIG
+    unsandboxed_llm = settings.backend == "local" and agent_choice.value not in SCRIPTED_AGENTS
+    if unsandboxed_llm and not args.local_unsandboxed_ack:
+        _err(
+            f"refusing to run the {agent_choice.value} agent's train.py with the local backend: it would run "
+            "on this host as you, with your files, your network and your credentials, and NOTHING isolates "
+            f"it. Use --backend docker, or, if you really mean it, add {LOCAL_ACK_FLAG}."
+        )
+        return ExitCode.LOCAL_NOT_ACKNOWLEDGED
 
     banner = [
         f"profile {profile}",
@@ -178,6 +203,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"backend {settings.backend}"
         + (
             ": LOCAL BACKEND, NO ISOLATION: train.py runs as you, on your files and network. Tests only."
+            + (
+                f" Acknowledged with {LOCAL_ACK_FLAG} for the {agent_choice.value} agent."
+                if unsandboxed_llm
+                else ""
+            )
             if settings.backend == "local"
             else ": every candidate in hardened containers"
             + (f" (runtime {settings.runtime})" if settings.runtime else "")

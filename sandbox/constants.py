@@ -125,6 +125,7 @@ class ExitCode(IntEnum):
     EVALUATOR = 6  # the evaluator failed (see eval.log)
     ISOLATION_BROKEN = 8  # preflight: a property does not hold; run: the canary was not rejected
     CAP = 9  # a cost or token cap was reached (raise it and run the same command to continue)
+    LOCAL_NOT_ACKNOWLEDGED = 10  # run: the local backend with an LLM agent, without the acknowledgement flag
     INTERRUPTED = 130  # Ctrl-C or SIGTERM (run the same command to resume)
 
 

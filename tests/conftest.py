@@ -33,13 +33,28 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 CANDIDATES = Path(__file__).parent / "candidates"
 
 
-def engine_unusable(reason: str) -> NoReturn:
-    """Skip a docker test locally, but FAIL it in CI: CI starts the engine and builds the images."""
+def in_ci() -> bool:
+    """True under CI (`CI` set to anything but empty, 0, false or no: CI=true is what .ci/run sets)."""
     import os
 
-    if os.environ.get("CI"):
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def engine_unusable(reason: str) -> NoReturn:
+    """Skip a docker test locally, but FAIL it in CI: CI starts the engine, registers runsc and builds
+    the images, so anything missing there is a broken CI, not a reason to skip."""
+    if in_ci():
         pytest.fail(f"{reason} (CI must run the docker tests for real)", pytrace=False)
     pytest.skip(reason)
+
+
+def require_runsc(client: docker.DockerClient) -> None:
+    """Return when gVisor's runsc is registered with the engine; else skip locally, fail in CI."""
+    runtimes = client.info().get("Runtimes") or {}
+    if "runsc" not in runtimes:
+        engine_unusable(
+            f"runsc (gVisor) is not registered with the engine (runtimes: {sorted(runtimes)}); run `make engine`"
+        )
 
 
 @pytest.fixture(scope="session")
@@ -52,6 +67,13 @@ def docker_client() -> docker.DockerClient:
         return connect()
     except SandboxError as exc:
         engine_unusable(f"no Docker engine: {exc}")
+
+
+@pytest.fixture(scope="session")
+def runsc_client(docker_client: docker.DockerClient) -> docker.DockerClient:
+    """The engine's client, once runsc is known to be registered (skips locally, fails in CI)."""
+    require_runsc(docker_client)
+    return docker_client
 
 
 @pytest.fixture(scope="session")

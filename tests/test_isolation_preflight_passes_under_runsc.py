@@ -3,7 +3,8 @@
 Attack defeated: the same escapes as the other test_isolation_* files, plus kernel exploits (gVisor
 serves the candidate's syscalls from a user-space kernel). A different runtime implements each limit
 differently, so the whole preflight runs again with `runtime="runsc"` and the engine must report that it
-really used runsc. Skips only when runsc is not registered with the engine (CI registers it).
+really used runsc. When runsc is not registered with the engine it skips locally and fails under CI=true
+(CI registers it; tests/conftest.py `require_runsc`).
 """
 
 from __future__ import annotations
@@ -21,15 +22,10 @@ pytestmark = pytest.mark.docker
 
 
 def test_preflight_under_runsc(
-    docker_client: docker.DockerClient, trainer_image: str, tiny_data: Path
+    runsc_client: docker.DockerClient, trainer_image: str, tiny_data: Path
 ) -> None:
-    runtimes = docker_client.info().get("Runtimes") or {}
-    if "runsc" not in runtimes:
-        pytest.skip(
-            f"runsc is not registered with the engine (runtimes: {sorted(runtimes)}); run `make engine`"
-        )
     result = run_preflight(
-        docker_client,
+        runsc_client,
         Limits.for_profile("tiny", runtime="runsc"),
         tiny_data,
         profile="tiny",

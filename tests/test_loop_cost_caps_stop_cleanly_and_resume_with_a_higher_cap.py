@@ -136,7 +136,10 @@ def test_the_cli_exits_9_naming_the_cap_and_status_shows_the_cost(
     monkeypatch.setattr(loop_cmds, "_make_sandbox", lambda backend, data_dir: FakeSandbox())
     monkeypatch.setattr(loop_cmds, "_ensure_data", lambda profile, data_dir: None)
     queue(server, 0, 3)
-    args = ["run", "--profile", "tiny", "--agent", "claude", "--backend", "local", "--max-trials", "10"]
+    args = [
+        "run", "--profile", "tiny", "--agent", "claude", "--backend", "local", "--max-trials", "10",
+        loop_cmds.LOCAL_ACK_FLAG,  # the sandbox is the fake one; the flag is what a local LLM run needs
+    ]  # fmt: skip
 
     assert main([*args, "--max-cost-usd", str(1.5 * PROPOSAL_COST)]) == ExitCode.CAP == 9
     assert "cap max_cost_usd reached" in capsys.readouterr().err
