@@ -22,7 +22,8 @@ import pytest
 import torch
 
 import prepare
-from sandbox.evaluate import EVALUATOR_ERROR_EXIT, evaluate, write_report
+from sandbox.incontainer.constants import EVALUATOR_MODULE
+from sandbox.incontainer.evaluate import EVALUATOR_ERROR_EXIT, evaluate, write_report
 from tests.evil_models import FAST_PROFILE, Honest, exported
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,7 +66,7 @@ def test_report_records_what_an_auditor_needs(honest_dir: Path, tiny_data: Path)
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "sandbox.evaluate", *args],
+        [sys.executable, "-m", EVALUATOR_MODULE, *args],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -285,7 +285,7 @@ def test_ptrace_reaches_nothing_outside_the_candidates_own_processes(
     for pid, status in tried["visible"].items():  # a PID namespace of its own: nothing else to trace
         assert status["Uid"] == str(UID) and int(status["CapEff"], 16) == 0, f"pid {pid}: {status}"
         assert status["cmdline"] in (
-            "/sbin/docker-init -- python -I -S /opt/autoresearch/sandbox/jail.py python /workspace/train.py",
+            "/sbin/docker-init -- python -I -S /opt/autoresearch/sandbox/incontainer/jail.py python /workspace/train.py",
             "python /workspace/train.py",
         )
     for name, target in tried["targets"].items():

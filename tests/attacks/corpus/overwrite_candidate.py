@@ -63,7 +63,7 @@ def create(path: Path):
     return act
 
 
-targets = [ME, APP / "prepare.py", *sorted((APP / "sandbox").glob("*.py"))]
+targets = [ME, APP / "prepare.py", *sorted((APP / "sandbox").rglob("*.py"))]
 targets += sorted(p for sub in ("train", "tokenizer") for p in (DATA / sub).glob("*") if p.is_file())
 before = sha256(ME)
 attempts: dict[str, str] = {}
