@@ -60,7 +60,9 @@ def test_report_records_what_an_auditor_needs(honest_dir: Path, tiny_data: Path)
     assert len(report["hashes"]["evaluator"]) == 64
     assert report["torch_version"] == torch.__version__ and report["device"] == "cpu"
     plan = report["probe_plan"]
-    assert len(plan["random_cuts"]) == plan["batch_size"] == FAST_PROFILE.eval_batch_size
+    assert plan["batch_size"] == FAST_PROFILE.eval_batch_size
+    assert [p["name"] for p in plan["passes"]] == ["causality", "rows"]
+    assert all(len(p["cuts"]) == plan["n_rows"] == report["eval_rows"] for p in plan["passes"])
     json.dumps(report, allow_nan=False)  # the report is strict JSON
 
 

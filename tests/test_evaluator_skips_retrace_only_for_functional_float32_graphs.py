@@ -60,8 +60,8 @@ def test_a_graph_that_mutates_its_state_takes_the_full_path_and_is_rejected(
 ) -> None:
     folder = exported("buffer_mutation", tmp_path_factory.getbasetemp())
     validated = program.validate_artifact(folder, LIMITS)
-    program = program._deserialize(validated.program_json, validated.state_dict, validated.constants)
-    assert not graph.already_functional(program)  # the in-place add_ on its buffer
+    deserialized = program._deserialize(validated.program_json, validated.state_dict, validated.constants)
+    assert not graph.already_functional(deserialized)  # the in-place add_ on its buffer
     report = evaluate(FAST_PROFILE, folder, tiny_data)
     assert report["check"] == "artifact:state_mutation" and report["val_bpb"] is None
 
