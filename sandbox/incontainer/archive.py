@@ -345,7 +345,7 @@ def _scan_pickle(data: bytes, where: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# 4. Weights and constants from raw bytes
+# 3. Weights and constants from raw bytes (the program JSON is `program`'s)
 # ----------------------------------------------------------------------------------------------
 
 

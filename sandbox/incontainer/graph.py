@@ -44,7 +44,6 @@ TARGET_RE = re.compile(
 SYM_CALLABLES: frozenset[Any] = frozenset(
     [*(getattr(operator, n) for n in _OPERATORS), *(getattr(torch, n) for n in _SYM_FUNCTIONS), math.trunc]
 )
-# sympy constructors torch writes in expr_str (srepr form), plus torch.utils._sympy functions.
 
 
 class Contract(BaseModel):
