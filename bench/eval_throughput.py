@@ -3,7 +3,7 @@
     python bench/eval_throughput.py [--profile tiny|gpu] [--device cpu|cuda] [--batches N] [--json]
 
 Builds the baseline train.py's GPT (randomly initialised: nothing is trained), exports it with
-``prepare.export_model``, loads the artifact with ``sandbox.artifact.load_artifact`` (validation,
+``prepare.export_model``, loads the artifact with ``sandbox.incontainer.program.load_artifact`` (validation,
 functionalization unless the graph is already functional, device move) and runs the same rows, at the profile's evaluation batch size,
 through both the loaded graph and the eager model, interleaved batch by batch so that drift in the
 machine's load hits both sides alike. Reports tokens/s of each and ratio = graph / eager (goal >= 0.95).
@@ -83,7 +83,7 @@ def measure(profile_name: str, device: str, batches: int, data: Path | None) -> 
     import torch
 
     import prepare
-    from sandbox import artifact
+    from sandbox.incontainer import archive, graph, program
 
     profile = prepare.PROFILES[profile_name]
     B, T = profile.eval_batch_size, profile.max_seq_len
@@ -99,11 +99,11 @@ def measure(profile_name: str, device: str, batches: int, data: Path | None) -> 
         t0 = time.perf_counter()
         prepare.export_model(model, Path(tmp) / "model.pt2")
         export_s = time.perf_counter() - t0
-        contract = artifact.Contract(seq_len=T, vocab_size=profile.vocab_size, max_batch=B)
+        contract = graph.Contract(seq_len=T, vocab_size=profile.vocab_size, max_batch=B)
         t0 = time.perf_counter()
-        loaded = artifact.load_artifact(Path(tmp), contract, artifact.LIMITS[profile.name], device)
+        loaded = program.load_artifact(Path(tmp), contract, archive.LIMITS[profile.name], device)
         load_s = time.perf_counter() - t0
-    graph_fn = artifact.as_logits_fn(loaded.program)
+    graph_fn = graph.as_logits_fn(loaded.program)
 
     def eager_fn(x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():

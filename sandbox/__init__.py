@@ -1,1 +1,3 @@
-"""Isolation zone: the only code that talks to the container engine, plus the trusted evaluator."""
+"""The isolation side: the code that talks to the container engine, and (in `sandbox.incontainer`) the
+only project code the trainer image holds. Deliberately empty: the image copies this file, and importing
+`sandbox.incontainer` must load nothing of the controller's half."""

@@ -2,6 +2,8 @@
 
 The controller, the container entrypoints, train.py's environment and the tests all read these, so a
 rename happens once. Nothing here imports torch or docker at import time: it is safe to import anywhere.
+The names the in-container code also needs are defined in `sandbox.incontainer.constants` (the trainer
+image holds that package, not this module) and re-exported here.
 
 The data folder's layout and the two variables pointing at it (`_FROM_PREPARE`) are defined once, in
 prepare.py (the frozen contract, which imports nothing of this project), and read from it on first use
@@ -12,6 +14,26 @@ from __future__ import annotations
 
 from enum import IntEnum, StrEnum
 from typing import TYPE_CHECKING, Final
+
+# The names that cross the container boundary are defined in the in-container zone (the trainer image
+# holds that package and not this module); re-exported here (`X as X`) so the controller reads one set.
+from sandbox.incontainer.constants import ARTIFACT_FILE as ARTIFACT_FILE
+from sandbox.incontainer.constants import CONTAINER_APP as CONTAINER_APP
+from sandbox.incontainer.constants import CONTAINER_ARTIFACT as CONTAINER_ARTIFACT
+from sandbox.incontainer.constants import CONTAINER_CANDIDATE as CONTAINER_CANDIDATE
+from sandbox.incontainer.constants import CONTAINER_DATA as CONTAINER_DATA
+from sandbox.incontainer.constants import CONTAINER_GID as CONTAINER_GID
+from sandbox.incontainer.constants import CONTAINER_OUT as CONTAINER_OUT
+from sandbox.incontainer.constants import CONTAINER_REPORT_DIR as CONTAINER_REPORT_DIR
+from sandbox.incontainer.constants import CONTAINER_UID as CONTAINER_UID
+from sandbox.incontainer.constants import CONTAINER_WORKDIR as CONTAINER_WORKDIR
+from sandbox.incontainer.constants import ENV_OUT as ENV_OUT
+from sandbox.incontainer.constants import ENV_SEED as ENV_SEED
+from sandbox.incontainer.constants import EVALUATOR_ERROR_EXIT as EVALUATOR_ERROR_EXIT
+from sandbox.incontainer.constants import EVALUATOR_MODULE as EVALUATOR_MODULE
+from sandbox.incontainer.constants import JAIL as JAIL
+from sandbox.incontainer.constants import REPORT_FILE as REPORT_FILE
+from sandbox.incontainer.constants import Status as Status
 
 # The data folder (host: ~/.cache/autoresearch/<profile>/; container: /data) and the environment
 # variables pointing at it; defined in prepare.py.
@@ -40,28 +62,6 @@ else:
         return value
 
 
-# Environment variables the controller sets inside containers (and that train.py reads).
-ENV_OUT: Final = "AUTORESEARCH_OUT"  # folder where train.py writes model.pt2
-ENV_SEED: Final = "AUTORESEARCH_SEED"  # seed the controller hands to the candidate
-
-# Paths inside the containers.
-CONTAINER_WORKDIR: Final = "/workspace"
-CONTAINER_CANDIDATE: Final = "/workspace/train.py"
-CONTAINER_DATA: Final = "/data"
-CONTAINER_OUT: Final = "/out"  # TRAIN: writable, size-capped
-CONTAINER_ARTIFACT: Final = "/artifact"  # EVAL: the TRAIN output, read-only
-CONTAINER_REPORT_DIR: Final = "/report"  # EVAL: small writable result channel
-CONTAINER_APP: Final = "/opt/autoresearch"  # prepare.py and sandbox/ live here in the trainer image
-# Every container command runs through the jail: a seccomp filter of the sandbox's own, then exec.
-JAIL: Final = ("python", "-I", "-S", f"{CONTAINER_APP}/sandbox/jail.py")
-CONTAINER_UID: Final = 65532
-CONTAINER_GID: Final = 65532
-
-# The artifact contract.
-ARTIFACT_FILE: Final = "model.pt2"
-REPORT_FILE: Final = "report.json"
-EVALUATOR_ERROR_EXIT: Final = 2  # the evaluator could not run (its own failure, no report written)
-
 # Files in a trial folder.
 TRAIN_LOG_FILE: Final = "train.log"
 EVAL_LOG_FILE: Final = "eval.log"
@@ -86,17 +86,6 @@ LABEL_OWNER_START: Final = "org.autoresearch.owner-start"  # the owner's start t
 TRAINER_IMAGE: Final = "autoresearch-trainer:latest"
 CONTROLLER_IMAGE: Final = "autoresearch-controller:latest"
 BASE_IMAGE_LOCAL: Final = "autoresearch-base:bookworm"
-
-
-class Status(StrEnum):
-    """A trial's verdict about the candidate. Infrastructure failures are exceptions, never a Status."""
-
-    OK = "ok"
-    CRASH = "crash"
-    TIMEOUT = "timeout"
-    OOM = "oom"
-    OUTPUT_LIMIT = "output_limit"
-    REJECTED = "rejected"
 
 
 class Decision(StrEnum):

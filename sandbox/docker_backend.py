@@ -6,7 +6,7 @@ One trial, in order:
     volume  report  tmpfs, size=report_limit_mb
     holder  `sleep infinity`; mounts both volumes read-only and keeps them mounted
     TRAIN   candidate train.py (ro), data train/ + tokenizer/ (ro), out volume rw at /out
-    EVAL    `python -m sandbox.evaluate`; out volume ro at /artifact, data val/ + tokenizer/ (ro),
+    EVAL    `python -m sandbox.incontainer.evaluate`; out volume ro at /artifact, data val/ + tokenizer/ (ro),
             report volume rw at /report. Created before TRAIN and started right after it (pre-warm):
             it imports torch and warms up while TRAIN runs, then waits for a go file in its own /tmp,
             which the controller creates (exec) only once TRAIN has exited; only then does it read
@@ -539,7 +539,7 @@ class DockerTrial:
                 *C.JAIL,
                 "python",
                 "-m",
-                "sandbox.evaluate",
+                C.EVALUATOR_MODULE,
                 "--profile",
                 self.spec.profile,
                 "--artifact",

@@ -11,7 +11,7 @@ bare-process comparison point of bench/overhead.py. To make those comparisons ho
 Docker backend's contract step for step: the same environment variables (built from scratch, not
 inherited), a data view with only train/ and tokenizer/, the same clock (SIGTERM to the candidate at
 the budget, SIGKILL to its process group after the grace), the same capped logs, the same
-`python -m sandbox.evaluate` command line, the same classification functions and the same verdict file.
+`python -m sandbox.incontainer.evaluate` command line, the same classification functions and the same verdict file.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ class LocalSandbox:
         self.data_dir = data_dir
         self.python = python
         # The evaluator's command without its arguments; tests substitute a fake one.
-        self.evaluator = list(evaluator) if evaluator is not None else [python, "-m", "sandbox.evaluate"]
+        self.evaluator = list(evaluator) if evaluator is not None else [python, "-m", C.EVALUATOR_MODULE]
 
     def run_trial(self, spec: TrialSpec) -> Verdict:
         started = time.monotonic()

@@ -3,7 +3,7 @@ judge's noise floor, and the bound's formula holds when measured.
 
 Property: a graph that leaks at a fraction f of the scored (row, position) pairs, chosen in any way
 from the tokens it sees, escapes one evaluation with probability at most exp(-P * f * N) (P shadow
-passes, N scored rows; sandbox/probes.py). The largest leak that escapes with probability above 1e-3
+passes, N scored rows; sandbox/incontainer/probes.py). The largest leak that escapes with probability above 1e-3
 is f_esc = ln(1000) / (P * N); a content lottery at f_esc gains about f_esc * val_bpb. For every
 profile that gain must stay below the measured noise floor recorded in prepare.py, so a profile change
 (fewer rows, fewer passes) that opens room for an undetectable gain fails here. The run canary's rate
@@ -22,7 +22,7 @@ import torch
 
 import prepare
 from harness import canary_train
-from sandbox import probes
+from sandbox.incontainer import probes
 
 RECORDED = re.compile(r"#\s+noise_floor_bpb (?P<floor>.*?) ; baseline_bpb (?P<base>.*)")
 

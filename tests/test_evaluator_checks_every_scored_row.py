@@ -22,8 +22,8 @@ import pytest
 import torch
 
 import prepare
-from sandbox import probes
-from sandbox.evaluate import judge, load_data, prepare_evaluation
+from sandbox.incontainer import probes
+from sandbox.incontainer.evaluate import judge, load_data, prepare_evaluation
 from tests.evil_models import export
 
 CORPUS = Path(__file__).parent / "attacks" / "corpus"

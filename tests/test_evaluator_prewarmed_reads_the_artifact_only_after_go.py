@@ -1,6 +1,6 @@
 """A pre-warmed evaluator reads the artifact and the validation data only after its go.
 
-Property: `python -m sandbox.evaluate --wait-for GO` prepares (imports, hashes, warm-up) and then
+Property: `python -m sandbox.incontainer.evaluate --wait-for GO` prepares (imports, hashes, warm-up) and then
 neither opens the data folder nor looks at the artifact folder until GO exists; everything it judges
 is what the folders hold after the go. The Docker backend starts the evaluator while TRAIN still runs
 and creates GO only once TRAIN has exited, so this is what keeps a running candidate from showing the
@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from sandbox.constants import ARTIFACT_FILE
+from sandbox.constants import ARTIFACT_FILE, EVALUATOR_MODULE
 
 REPO = Path(__file__).resolve().parents[1]
 PREPARED_LINE = "waiting for"  # what the evaluator logs once prepared, before it waits
@@ -33,7 +33,7 @@ def test_the_artifact_is_read_only_after_the_go(tmp_path: Path, tiny_data: Path)
     args += ["--data", str(data), "--wait-for", str(go)]
     log = (tmp_path / "eval.log").open("w+")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sandbox.evaluate", *args],
+        [sys.executable, "-m", EVALUATOR_MODULE, *args],
         cwd=REPO,
         stdout=log,
         stderr=subprocess.STDOUT,

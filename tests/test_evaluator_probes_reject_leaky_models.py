@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from sandbox import probes
-from sandbox.evaluate import evaluate
+from sandbox.incontainer import probes
+from sandbox.incontainer.evaluate import evaluate
 from tests.evil_models import FAST_PROFILE, exported
 
 B, T, V = 8, 16, 32

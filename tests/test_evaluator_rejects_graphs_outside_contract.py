@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from sandbox.evaluate import evaluate
+from sandbox.incontainer.evaluate import evaluate
 from tests.evil_models import FAST_PROFILE, edit_json, exported, rewrite_zip
 
 

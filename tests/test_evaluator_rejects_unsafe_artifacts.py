@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 import torch
 
-from sandbox import artifact
-from sandbox.evaluate import evaluate
+from sandbox.incontainer import archive, program
+from sandbox.incontainer.evaluate import evaluate
 from tests.evil_models import (
     FAST_PROFILE,
     append_raw_member,
@@ -70,7 +70,7 @@ def test_control_torch_export_load_would_run_the_same_payload(tmp_path: Path, ho
     )
     torch.export.load(evil)
     assert marker.exists(), (
-        "torch.export.load no longer runs sample-input pickles: revisit the rationale in sandbox/artifact.py"
+        "torch.export.load no longer runs sample-input pickles: revisit the rationale in sandbox/incontainer/archive.py"
     )
 
 
@@ -182,18 +182,18 @@ def test_zip_bomb_is_refused_before_decompression(tmp_path: Path, honest_pt2: Pa
 
 
 def test_total_size_cap_holds_even_without_compression(tmp_path: Path, honest_pt2: Path) -> None:
-    limits = artifact.LIMITS["tiny"].model_copy(update={"max_total_uncompressed_bytes": 1000})
-    with honest_pt2.open("rb") as f, pytest.raises(artifact.ArtifactRejected) as err:
-        artifact.inspect_archive(f, limits)
+    limits = archive.LIMITS["tiny"].model_copy(update={"max_total_uncompressed_bytes": 1000})
+    with honest_pt2.open("rb") as f, pytest.raises(archive.ArtifactRejected) as err:
+        archive.inspect_archive(f, limits)
     assert err.value.check == "zip_bomb"
 
 
 def test_oversized_artifact_file_is_refused(tmp_path: Path, honest_pt2: Path) -> None:
     (tmp_path / "a").mkdir()
     shutil.copy(honest_pt2, tmp_path / "a" / "model.pt2")
-    limits = artifact.LIMITS["tiny"].model_copy(update={"max_file_bytes": 1000})
-    with pytest.raises(artifact.ArtifactRejected) as err:
-        artifact.open_artifact(tmp_path / "a", limits)
+    limits = archive.LIMITS["tiny"].model_copy(update={"max_file_bytes": 1000})
+    with pytest.raises(archive.ArtifactRejected) as err:
+        archive.open_artifact(tmp_path / "a", limits)
     assert err.value.check == "too_large"
 
 
@@ -235,8 +235,8 @@ def test_symbolic_expressions_must_be_plain_arithmetic(expr: str) -> None:
         "graph_module": {"graph": {"sym_int_values": {"s": {"as_expr": {"expr_str": expr}}}}},
         "guards_code": [],
     }
-    with pytest.raises(artifact.ArtifactRejected) as err:
-        artifact.sanitize_program_json(json.dumps(doc).encode())
+    with pytest.raises(archive.ArtifactRejected) as err:
+        program.sanitize_program_json(json.dumps(doc).encode())
     assert err.value.check == "program_json"
 
 
@@ -251,7 +251,7 @@ def test_symbolic_expressions_must_be_plain_arithmetic(expr: str) -> None:
 )
 def test_the_expressions_torch_writes_are_accepted(expr: str) -> None:
     doc = {"graph_module": {"graph": {"sym_int_values": {"s": {"as_expr": {"expr_str": expr}}}}}}
-    artifact.sanitize_program_json(json.dumps(doc).encode())
+    program.sanitize_program_json(json.dumps(doc).encode())
 
 
 def test_a_bit_flipped_member_is_refused(tmp_path: Path, honest_pt2: Path, tiny_data: Path) -> None:

@@ -1,6 +1,6 @@
 """The evaluator process keeps freed memory for reuse: logits-sized tensors are not page-faulted anew.
 
-Property: after `retain_freed_memory()` (which `python -m sandbox.evaluate` calls first thing), freeing
+Property: after `retain_freed_memory()` (which `python -m sandbox.incontainer.evaluate` calls first thing), freeing
 a 64 MiB tensor and allocating another costs almost no new page faults once the heap has settled,
 where glibc's default (mmap above 32 MiB, unmapped on free) faults all 16k pages in again every time.
 Every batch allocates several such tensors (the graph's last ops, cross-entropy, log_softmax), and on
@@ -30,8 +30,8 @@ PAGES_64_MIB = 64 * 2**20 // 4096
 SCRIPT = """
 import json, resource, sys
 import torch
-from sandbox import evaluate
-tuned = evaluate.retain_freed_memory() if sys.argv[1] == "tuned" else None
+from sandbox.incontainer import warmup
+tuned = warmup.retain_freed_memory() if sys.argv[1] == "tuned" else None
 def faults(): return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 per_round = []
 for _ in range(ROUNDS):

@@ -22,7 +22,8 @@ import pytest
 import torch
 
 import prepare
-from sandbox.evaluate import EVALUATOR_ERROR_EXIT, evaluate, write_report
+from sandbox.incontainer.constants import EVALUATOR_MODULE
+from sandbox.incontainer.evaluate import EVALUATOR_ERROR_EXIT, evaluate, write_report
 from tests.evil_models import FAST_PROFILE, Honest, exported
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,13 +60,15 @@ def test_report_records_what_an_auditor_needs(honest_dir: Path, tiny_data: Path)
     assert len(report["hashes"]["evaluator"]) == 64
     assert report["torch_version"] == torch.__version__ and report["device"] == "cpu"
     plan = report["probe_plan"]
-    assert len(plan["random_cuts"]) == plan["batch_size"] == FAST_PROFILE.eval_batch_size
+    assert plan["batch_size"] == FAST_PROFILE.eval_batch_size
+    assert [p["name"] for p in plan["passes"]] == ["causality", "rows"]
+    assert all(len(p["cuts"]) == plan["n_rows"] == report["eval_rows"] for p in plan["passes"])
     json.dumps(report, allow_nan=False)  # the report is strict JSON
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "sandbox.evaluate", *args],
+        [sys.executable, "-m", EVALUATOR_MODULE, *args],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -1,6 +1,6 @@
 """The evaluator skips the functionalizing retrace only where it could not change anything.
 
-Property: ``artifact.already_functional`` is True only for a graph of non-mutating aten/prims calls
+Property: ``graph.already_functional`` is True only for a graph of non-mutating aten/prims calls
 (plus getitem and SymInt arithmetic) with no control-flow subgraph, whose claimed float values and
 weights are all float32. Such a graph is loaded without the retrace (a second of one core saved per
 trial) and computes exactly what the retraced graph computes. Everything else takes the full path.
@@ -19,23 +19,24 @@ from typing import Any
 import pytest
 import torch
 
-from sandbox import artifact
-from sandbox.evaluate import evaluate
+from sandbox.incontainer import graph, program
+from sandbox.incontainer.archive import LIMITS as ALL_LIMITS
+from sandbox.incontainer.evaluate import evaluate
 from tests.evil_models import FAST_PROFILE, Honest, edit_json, export, exported, rewrite_zip
 
-CONTRACT = artifact.Contract(
+CONTRACT = graph.Contract(
     seq_len=FAST_PROFILE.max_seq_len,
     vocab_size=FAST_PROFILE.vocab_size,
     max_batch=FAST_PROFILE.eval_batch_size,
 )
-LIMITS = artifact.LIMITS["tiny"]
+LIMITS = ALL_LIMITS["tiny"]
 
 
-def _load(folder: Path, *, short_path: bool, monkeypatch: pytest.MonkeyPatch) -> artifact.LoadedArtifact:
+def _load(folder: Path, *, short_path: bool, monkeypatch: pytest.MonkeyPatch) -> program.LoadedArtifact:
     with monkeypatch.context() as m:
         if not short_path:
-            m.setattr(artifact, "already_functional", lambda program: False)
-        return artifact.load_artifact(folder, CONTRACT, LIMITS)
+            m.setattr(graph, "already_functional", lambda program: False)
+        return program.load_artifact(folder, CONTRACT, LIMITS)
 
 
 def test_an_honest_float32_graph_skips_the_retrace_and_computes_the_same_logits(
@@ -49,8 +50,8 @@ def test_an_honest_float32_graph_skips_the_retrace_and_computes_the_same_logits(
     x = torch.randint(
         0, FAST_PROFILE.vocab_size, (3, FAST_PROFILE.max_seq_len), generator=torch.Generator().manual_seed(1)
     )
-    a = artifact.as_logits_fn(short.program, CONTRACT)(x)
-    b = artifact.as_logits_fn(full.program, CONTRACT)(x)
+    a = graph.as_logits_fn(short.program, CONTRACT)(x)
+    b = graph.as_logits_fn(full.program, CONTRACT)(x)
     assert torch.equal(a, b)
 
 
@@ -58,16 +59,16 @@ def test_a_graph_that_mutates_its_state_takes_the_full_path_and_is_rejected(
     tmp_path_factory: pytest.TempPathFactory, tiny_data: Path
 ) -> None:
     folder = exported("buffer_mutation", tmp_path_factory.getbasetemp())
-    validated = artifact.validate_artifact(folder, LIMITS)
-    program = artifact._deserialize(validated.program_json, validated.state_dict, validated.constants)
-    assert not artifact.already_functional(program)  # the in-place add_ on its buffer
+    validated = program.validate_artifact(folder, LIMITS)
+    deserialized = program._deserialize(validated.program_json, validated.state_dict, validated.constants)
+    assert not graph.already_functional(deserialized)  # the in-place add_ on its buffer
     report = evaluate(FAST_PROFILE, folder, tiny_data)
     assert report["check"] == "artifact:state_mutation" and report["val_bpb"] is None
 
 
 def test_a_low_precision_graph_takes_the_full_path(tmp_path: Path) -> None:
     export(Honest().to(torch.bfloat16), tmp_path)
-    loaded = artifact.load_artifact(tmp_path, CONTRACT, LIMITS)
+    loaded = program.load_artifact(tmp_path, CONTRACT, LIMITS)
     assert loaded.functionalized and "bfloat16" in loaded.float_dtypes
 
 
@@ -86,7 +87,7 @@ def test_metadata_forged_to_claim_the_contract_is_caught_when_the_graph_runs(
 
     wrong = exported("wrong_vocab", tmp_path_factory.getbasetemp()) / "model.pt2"
     rewrite_zip(wrong, tmp_path / "a" / "model.pt2", edit_json("models/model.json", forge))
-    loaded = artifact.load_artifact(
+    loaded = program.load_artifact(
         tmp_path / "a", CONTRACT, LIMITS
     )  # the forged claim passes the signature check
     assert not loaded.functionalized

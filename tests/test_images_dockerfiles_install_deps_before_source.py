@@ -106,7 +106,8 @@ def test_trainer_never_copies_candidate_code() -> None:
     assert [i.split()[1] for i in copies if "--from" not in i] == [
         ".build/wheelhouse/trainer/",
         "prepare.py",
-        "sandbox/",
+        "sandbox/__init__.py",
+        "sandbox/incontainer/",
     ]
 
 

@@ -32,7 +32,7 @@ for top in ("/workspace", "/opt", "/usr", "/tmp", "/data", "/out", "/etc", "/roo
         found += [os.path.join(root, f) for f in files if f == "train.py"]
 facts["train_py"] = found
 writable = {}
-for d in (os.environ["APP"], os.environ["APP"] + "/sandbox", sysconfig.get_paths()["purelib"], "/opt/venv/bin", "/workspace"):
+for d in (os.environ["APP"], os.environ["APP"] + "/sandbox", os.environ["APP"] + "/sandbox/incontainer", sysconfig.get_paths()["purelib"], "/opt/venv/bin", "/workspace"):
     try:
         with open(os.path.join(d, "probe.txt"), "x"):
             pass
@@ -42,10 +42,10 @@ for d in (os.environ["APP"], os.environ["APP"] + "/sandbox", sysconfig.get_paths
 facts["writable"] = writable
 facts["pip"] = importlib.util.find_spec("pip") is not None
 facts["ensurepip"] = importlib.util.find_spec("ensurepip") is not None
-import torch, numpy, tokenizers, pydantic, prepare, sandbox.evaluate, sandbox.constants
+import torch, numpy, tokenizers, pydantic, prepare, sandbox.incontainer.evaluate, sandbox.incontainer.constants
 facts["torch"] = torch.__version__
 facts["prepare_file"] = prepare.__file__
-facts["evaluator_file"] = sandbox.evaluate.__file__
+facts["evaluator_file"] = sandbox.incontainer.evaluate.__file__
 facts["pyc"] = os.path.exists(os.path.join(os.environ["APP"], "__pycache__", "prepare.cpython-%d%d.pyc" % sys.version_info[:2]))
 print("FACTS " + json.dumps(facts))
 """
@@ -90,7 +90,7 @@ def test_no_package_installer_is_left(facts: dict[str, Any]) -> None:
 def test_train_and_eval_imports_resolve_to_the_baked_app(facts: dict[str, Any]) -> None:
     assert facts["torch"].startswith(options.TORCH_VERSION)
     assert facts["prepare_file"] == f"{C.CONTAINER_APP}/prepare.py"
-    assert facts["evaluator_file"] == f"{C.CONTAINER_APP}/sandbox/evaluate.py"
+    assert facts["evaluator_file"] == f"{C.CONTAINER_APP}/sandbox/incontainer/evaluate.py"
     assert facts["pyc"], "the app's bytecode is compiled at build time (read-only root at run time)"
     assert facts["env"] == {
         "PYTHONDONTWRITEBYTECODE": "1",

@@ -1,4 +1,4 @@
-"""The jail (sandbox/jail.py) denies the kernel surface it names, and nothing a trainer needs.
+"""The jail (sandbox/incontainer/jail.py) denies the kernel surface it names, and nothing a trainer needs.
 
 Run on the host as a real process: the filter is installed, then the probe is exec'd under it, as in
 the containers. Each denied call is made for real with arguments that would succeed without the
@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import jail
+from sandbox.incontainer import jail
 
 REPO = Path(__file__).resolve().parents[1]
-JAIL = REPO / "sandbox" / "jail.py"
+JAIL = REPO / "sandbox" / "incontainer" / "jail.py"
 
 PROBE = r"""
 import ctypes, json, os, subprocess, threading

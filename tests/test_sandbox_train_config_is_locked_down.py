@@ -109,4 +109,4 @@ def test_eval_reads_the_artifact_and_val_read_only(tmp_path: Path) -> None:
     assert [t for t, m in mounts.items() if not m["ReadOnly"]] == [C.CONTAINER_REPORT_DIR]
     assert C.CONTAINER_CANDIDATE not in mounts and "/data/train" not in mounts
     assert config["network_mode"] == "none" and config["read_only"] is True
-    assert config["command"][: len(C.JAIL) + 3] == [*C.JAIL, "python", "-m", "sandbox.evaluate"]
+    assert config["command"][: len(C.JAIL) + 3] == [*C.JAIL, "python", "-m", "sandbox.incontainer.evaluate"]

@@ -160,7 +160,7 @@ def test_full_budget_run_learns_and_the_evaluator_accepts_it(tiny_data: Path, tm
         [
             sys.executable,
             "-m",
-            "sandbox.evaluate",
+            "sandbox.incontainer.evaluate",
             "--profile",
             "tiny",
             "--artifact",

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parents[2]
 CORPUS = Path(__file__).parent / "corpus"
+PASTE_RE = re.compile(r'^(\w+) = ""  # @paste (\S+)$', re.MULTILINE)
 TIERS = ("runc", "runsc")
 # Every attack gets the same limits: the tiny profile's production limits, with a budget long enough
 # for torch to import and export under gVisor, and a short grace.
@@ -137,6 +139,20 @@ def _read_tree(root: Path) -> dict[str, bytes]:
     return files
 
 
+def _candidate(name: str, out_root: Path) -> Path:
+    """The attack's train.py: corpus/NAME.py, with every `X = ""  # @paste PATH` line replaced by the
+    repository file PATH's source (public code an attacker would paste; the image does not ship it)."""
+    source = CORPUS / f"{name}.py"
+    text = source.read_text()
+    pasted = PASTE_RE.sub(lambda m: f"{m[1]} = {(REPO / m[2]).read_text()!r}", text)
+    if pasted == text:
+        return source
+    out = out_root / "pasted" / f"{name}.py"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(pasted)
+    return out
+
+
 def _run_one(
     name: str, runtime: str, data_dir: Path, out_root: Path, budget_s: float = TIME_BUDGET_S
 ) -> AttackResult:
@@ -144,7 +160,7 @@ def _run_one(
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUTORESEARCH_")}
     env |= {"ANTHROPIC_API_KEY": SECRET, "AUTORESEARCH_ATTACK_SECRET": SECRET, "PYTHONUNBUFFERED": "1"}
     cmd = [
-        sys.executable, "-m", "harness", "trial", str(CORPUS / f"{name}.py"),
+        sys.executable, "-m", "harness", "trial", str(_candidate(name, out_root)),
         "--profile", "tiny", "--runtime", runtime, "--data-dir", str(data_dir),
         "--trial-dir", str(trial_dir), "--time-budget", str(budget_s),
         "--kill-grace", str(KILL_GRACE_S), "--json",

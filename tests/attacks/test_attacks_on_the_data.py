@@ -83,7 +83,7 @@ def test_nothing_train_relies_on_is_writable(attack: AttackResult) -> None:
     for target in (
         C.CONTAINER_CANDIDATE,
         f"{C.CONTAINER_APP}/prepare.py",
-        f"{C.CONTAINER_APP}/sandbox/evaluate.py",
+        f"{C.CONTAINER_APP}/sandbox/incontainer/evaluate.py",
         f"{C.CONTAINER_DATA}/train/shard_00000.npy",
         f"{C.CONTAINER_DATA}/tokenizer/tokenizer.json",
     ):

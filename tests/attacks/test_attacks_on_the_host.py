@@ -265,7 +265,7 @@ def test_no_new_namespaces_and_no_root_inside_one(attack: AttackResult) -> None:
         assert not wrote, f"clone(CLONE_NEWUSER) child: {wrote}"
     assert tried["ns_after"] == tried["ns_before"]
     # Then the property itself: no namespace may be created at all. The sandbox's own filter
-    # (sandbox/jail.py) denies it on both tiers: runsc ignores the engine's seccomp profile unless
+    # (sandbox/incontainer/jail.py) denies it on both tiers: runsc ignores the engine's seccomp profile unless
     # started with --oci-seccomp, and this suite found gVisor granting user namespaces without it.
     granted = {name: a["result"] for name, a in tried["attempts"].items() if a.get("result") == "ok"}
     assert not granted, (
@@ -285,11 +285,11 @@ def test_ptrace_reaches_nothing_outside_the_candidates_own_processes(
     for pid, status in tried["visible"].items():  # a PID namespace of its own: nothing else to trace
         assert status["Uid"] == str(UID) and int(status["CapEff"], 16) == 0, f"pid {pid}: {status}"
         assert status["cmdline"] in (
-            "/sbin/docker-init -- python -I -S /opt/autoresearch/sandbox/jail.py python /workspace/train.py",
+            "/sbin/docker-init -- python -I -S /opt/autoresearch/sandbox/incontainer/jail.py python /workspace/train.py",
             "python /workspace/train.py",
         )
     for name, target in tried["targets"].items():
-        # Denied on both tiers by the sandbox's own filter (sandbox/jail.py). Before it, Docker's default
+        # Denied on both tiers by the sandbox's own filter (sandbox/incontainer/jail.py). Before it, Docker's default
         # profile let runc candidates attach to PID 1 (same uid, no Yama on the host).
         assert target["process_vm_readv"] in DENIED and target["process_vm_writev"] in DENIED, (name, target)
         assert target["attach"] in DENIED and target["seize"] in DENIED, (name, target)
@@ -327,7 +327,7 @@ def test_kernel_attack_surface_is_denied_or_stays_in_gvisor(attack: AttackResult
     tried = attack.json_line("ATTACK")
     calls: dict[str, Any] = tried["calls"]
     # gVisor implements syslog itself: it reaches its user-space kernel, never the host's. io_uring is
-    # denied on both tiers by the sandbox's own filter (sandbox/jail.py): Docker before 25 allows it in
+    # denied on both tiers by the sandbox's own filter (sandbox/incontainer/jail.py): Docker before 25 allows it in
     # its default profile, and this suite found the host kernel's io_uring reachable under runc.
     in_gvisor = {"syslog"} if attack.runtime == "runsc" else set()
     if "syslog" in in_gvisor and calls["syslog"] == "ok":

@@ -1,7 +1,7 @@
 """Attacks on the val split: the documents a candidate is scored on cannot be rebuilt from public code.
 
-The tiny corpus comes from a deterministic generator that ships in the trainer image (and is public code
-anyone could paste into a train.py). While val was a fixed slice of its output, a candidate could
+The tiny corpus comes from a deterministic generator that is public code anyone could paste into a
+train.py (the suite's runner pastes it: the trainer image holds only sandbox/incontainer/). While val was a fixed slice of its output, a candidate could
 regenerate the val documents inside TRAIN and export a memoriser of them: guess_val_split's scores 0.04
 val_bpb on that old split, where the honest baseline train.py scores about 0.35 and an honest n-gram of
 the train split 0.72. prepare.py now draws val from a secret seed kept on the host only, so what the

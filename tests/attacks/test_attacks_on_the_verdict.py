@@ -27,11 +27,15 @@ pytestmark = pytest.mark.docker
 
 REFUSED = {"EROFS", "EACCES", "EPERM"}
 EXPORT_BUDGET_S = 300  # patch_metric imports torch and exports: not a test of the clock (conftest._budgets)
-EVALUATOR_FILES = ("evaluate.py", "artifact.py", "probes.py", "constants.py")
+# What the trainer image holds of the evaluator besides prepare.py: the whole in-container zone.
+EVALUATOR_FILES = (
+    "sandbox/__init__.py",
+    *sorted(p.relative_to(REPO).as_posix() for p in (REPO / "sandbox" / "incontainer").glob("*.py")),
+)
 _IMAGE_HASHES = f"""
 import hashlib, json, pathlib
 app = pathlib.Path({C.CONTAINER_APP!r})
-names = ["prepare.py"] + ["sandbox/" + n for n in {EVALUATOR_FILES!r}]
+names = ["prepare.py", *{EVALUATOR_FILES!r}]
 print(json.dumps({{n: hashlib.sha256((app / n).read_bytes()).hexdigest() for n in names}}))
 """
 
@@ -100,8 +104,9 @@ def test_patching_the_metric_from_train_changes_nothing_the_evaluator_runs(
     assert hashes["prepare.py"] == hashlib.sha256((REPO / "prepare.py").read_bytes()).hexdigest(), (
         "the trainer image's prepare.py is not the repository's: rebuild it (make images)"
     )
+    assert set(hashes) - {"prepare.py", "evaluator", "data"} == set(EVALUATOR_FILES)  # the whole zone
     for name in EVALUATOR_FILES:
-        assert hashes[f"sandbox/{name}"] == image_hashes[f"sandbox/{name}"], name
+        assert hashes[name] == image_hashes[name], name
 
 
 @pytest.mark.attack("patch_time")

@@ -1,7 +1,7 @@
 """Attack: regenerate the validation split from the public corpus generator and memorise it.
 
-The tiny corpus comes from a deterministic grammar (sandbox/data/corpus.py, in the trainer image, and public
-code anyone could paste here). While the val split was derived from it, val was every 4th document of
+The tiny corpus comes from a deterministic grammar (sandbox/data/corpus.py: public code anyone could paste
+here, and the suite's runner does paste it, since the trainer image holds only sandbox/incontainer/). While the val split was derived from it, val was every 4th document of
 `generate(3_000_000, 0x5EED_7A1E_2024_0001)`, so a candidate could rebuild it inside TRAIN. This one
 does, and exports a memoriser of the rebuilt val documents: a backoff n-gram over contexts of 3, 6,
 12 and 24 tokens (exact 40-bit hashed keys looked up with `searchsorted`, each with its most frequent
@@ -32,7 +32,9 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread: light on a shared 
 import hashlib
 import json
 import signal
+import sys
 import tempfile
+import types
 from pathlib import Path
 
 import numpy as np
@@ -41,11 +43,14 @@ import torch.nn as nn
 
 import prepare
 
-try:
-    from sandbox.data import corpus  # the generator ships in the trainer image
-except ImportError as exc:  # if it ever stops shipping, this attack must carry the generator itself
-    print(f"ATTACK_FAILED cannot import the generator ({exc}); paste sandbox/data/corpus.py into this file")
-    raise
+# The generator, pasted in by the suite's runner (tests/attacks/conftest.py) as an attacker would paste it.
+CORPUS_SOURCE = ""  # @paste sandbox/data/corpus.py
+if not CORPUS_SOURCE:
+    print("ATTACK_FAILED the generator's source was not pasted in (run this through tests/attacks)")
+    raise SystemExit(1)
+corpus = types.ModuleType("pasted_corpus")
+sys.modules[corpus.__name__] = corpus  # dataclasses look their module up
+exec(compile(CORPUS_SOURCE, "pasted_corpus.py", "exec"), corpus.__dict__)
 
 OLD_SEED = 0x5EED_7A1E_2024_0001  # the old contract: generate(OLD_TARGET_BYTES, OLD_SEED) ...
 OLD_TARGET_BYTES = 3_000_000

@@ -3,7 +3,7 @@ the sandbox's sources in the image, and the training data and tokenizer on the d
 
 /workspace/train.py is a bind mount of the controller's copy of the candidate: if it were writable,
 the candidate could replace the recorded train.py (the audit, the lineage commit) after the fact.
-prepare.py and sandbox/*.py define the metric and the checks; the data mount is the host's prepared
+prepare.py and sandbox/**/*.py define the metric and the checks; the data mount is the host's prepared
 data, shared by every trial and by the evaluator. For each target it tries, and records the outcome
 (`ok` or the errno name) of: append, truncate-open, create a file next to it, chmod, rename over it,
 unlink it, and a hard link next to it. Then it reads its own file back to see whether it changed.
@@ -63,7 +63,7 @@ def create(path: Path):
     return act
 
 
-targets = [ME, APP / "prepare.py", *sorted((APP / "sandbox").glob("*.py"))]
+targets = [ME, APP / "prepare.py", *sorted((APP / "sandbox").rglob("*.py"))]
 targets += sorted(p for sub in ("train", "tokenizer") for p in (DATA / sub).glob("*") if p.is_file())
 before = sha256(ME)
 attempts: dict[str, str] = {}

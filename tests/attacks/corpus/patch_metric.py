@@ -83,19 +83,22 @@ def create(path: Path, data: str):
 
 app = Path(prepare.__file__).resolve().parent  # /opt/autoresearch in the image
 sandbox_dir = app / "sandbox"
+zone_dir = sandbox_dir / "incontainer"  # the evaluator's package: all the image holds of sandbox/
 purelib = Path(site.getsitepackages()[0]) if site.getsitepackages() else Path(sys.prefix)
 writes = {}
 for target in [
     app / "prepare.py",
-    *(sandbox_dir / f for f in ("evaluate.py", "artifact.py", "probes.py", "constants.py", "__init__.py")),
+    sandbox_dir / "__init__.py",
+    *sorted(zone_dir.glob("*.py")),
 ]:
     writes[f"append {target}"] = attempt(append(target, PAYLOAD))
-for pyc in sorted([*app.glob("__pycache__/*.pyc"), *sandbox_dir.glob("__pycache__/*.pyc")]):
+for pyc in sorted(p for d in (app, sandbox_dir, zone_dir) for p in d.glob("__pycache__/*.pyc")):
     writes[f"append {pyc}"] = attempt(append(pyc, PAYLOAD))
 for target in (
     app / "sitecustomize.py",
     app / "usercustomize.py",
     sandbox_dir / "sitecustomize.py",
+    zone_dir / "sitecustomize.py",
     Path(sys.base_prefix) / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "sitecustomize.py",
 ):
     how = "append" if target.exists() else "create"
@@ -108,7 +111,7 @@ writes[f"append {purelib / 'torch' / '__init__.py'}"] = attempt(
 )
 writes[f"chmod {app / 'prepare.py'}"] = attempt(lambda: os.chmod(app / "prepare.py", 0o777))
 writes[f"rename-over {app / 'prepare.py'}"] = attempt(
-    lambda: os.rename(app / "sandbox" / "probes.py", app / "prepare.py")
+    lambda: os.rename(zone_dir / "probes.py", app / "prepare.py")
 )
 writes[f"unlink {app / 'prepare.py'}"] = attempt(lambda: os.unlink(app / "prepare.py"))
 print("ATTACK " + json.dumps({"in_process": in_process, "writes": writes}), flush=True)

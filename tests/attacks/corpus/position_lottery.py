@@ -6,7 +6,7 @@ About 2% of all scored positions leak, spread over most rows, wherever the text 
 a graph that is stateless, deterministic, finite and allow-listed, and whose cheat a probe on one
 sampled batch, with one secret cut per row, misses most of the time (the old evaluator scored a 2%
 position lottery in 2 of 6 evaluations). Every scored row cut in every pass catches it with
-probability 1 - exp(-passes * f * N) (f the leaking fraction, N scored rows; see sandbox/probes.py).
+probability 1 - exp(-passes * f * N) (f the leaking fraction, N scored rows; see sandbox/incontainer/probes.py).
 With the coverage check switched off it scores below its own honest bigram (measured in
 tests/test_evaluator_checks_every_scored_row.py).
 Expected: rejected by `probe:causality` (or `probe:row_independence`, whose pass also cuts every row).

@@ -1,14 +1,14 @@
-"""The trusted evaluator: ``python -m sandbox.evaluate --profile P --artifact DIR --report FILE``.
+"""The trusted evaluator: ``python -m sandbox.incontainer.evaluate --profile P --artifact DIR --report FILE``.
 
 Runs in the EVAL container (or, for the engine-free backend, a plain subprocess). It scores the
 candidate's exported graph with the frozen metric and writes one JSON report; the controller reads
 the verdict from that report and from nothing the candidate printed.
 
 What is deliberate:
-  * It never imports candidate code: only ``prepare`` (frozen, trusted) and ``sandbox.*``. The graph
-    is loaded by ``sandbox.artifact`` (no pickle, operator allow-list, signature contract) and must
-    pass ``sandbox.probes`` (determinism and a row alone on one batch; causality and row independence
-    on every scored row) before its score is reported.
+  * It never imports candidate code: only ``prepare`` (frozen, trusted) and ``sandbox.incontainer``. The
+    artifact is read by ``archive`` and ``program`` and checked by ``graph`` (no pickle, operator
+    allow-list, signature contract), and must pass ``probes`` (determinism and a row alone on one
+    batch; causality and row independence on every scored row) before its score is reported.
   * Statuses are values: a bad artifact yields a report with ``status: rejected`` and a reason, and
     exit code 0. Exit code 2 (``EVALUATOR_ERROR_EXIT``) means the evaluator itself could not run
     (no data, corrupted data, CUDA requested but absent); the report is then not written.
@@ -34,7 +34,6 @@ What is deliberate:
 from __future__ import annotations
 
 import argparse
-import ctypes
 import dataclasses
 import gc
 import hashlib
@@ -52,19 +51,26 @@ from typing import Any
 import torch
 
 import prepare
-from sandbox import artifact, probes
-from sandbox.constants import ARTIFACT_FILE, EVALUATOR_ERROR_EXIT, TOKENIZER_DIRNAME, VAL_DIRNAME, Status
+from prepare import TOKENIZER_DIRNAME, VAL_DIRNAME
+from sandbox.incontainer import graph, probes, program, warmup
+from sandbox.incontainer.archive import LIMITS, ArtifactRejected
+from sandbox.incontainer.constants import EVALUATOR_ERROR_EXIT, EVALUATOR_MODULE, Status
 
 log = logging.getLogger(__name__)
 
-EVALUATOR_SOURCES = ("evaluate.py", "artifact.py", "probes.py", "constants.py")
+APP_ROOT = Path(__file__).resolve().parents[2]  # /opt/autoresearch in the image, the repository on a host
+# What of the project the evaluator runs besides prepare.py: sandbox/__init__.py and every module of the
+# in-container package (found, not listed, so a module added to the package is covered without an edit).
+EVALUATOR_SOURCES = (
+    "sandbox/__init__.py",
+    *sorted(p.relative_to(APP_ROOT).as_posix() for p in Path(__file__).resolve().parent.glob("*.py")),
+)
 # Exceptions torch raises while running a graph: bad shapes, bad indices, out of memory, failed asserts.
 GRAPH_ERRORS = (RuntimeError, ValueError, IndexError, TypeError, AssertionError, ArithmeticError)
 # The checked batch's first logits also serve as that batch's scoring call (one forward pass fewer) when
 # they are at most this large; above, they are dropped and the batch is run again.
 REUSE_REFERENCE_MAX_BYTES = 512 * 2**20
 WAIT_POLL_S = 0.01
-M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
 
 
 class EvaluatorError(Exception):
@@ -80,11 +86,11 @@ def sha256_file(path: Path) -> str:
 
 
 def source_hashes() -> dict[str, str]:
-    """SHA-256 of the evaluator's own sources; ``evaluator`` combines them in a fixed order."""
-    here = Path(__file__).resolve().parent
-    files = {name: sha256_file(here / name) for name in EVALUATOR_SOURCES}
+    """SHA-256 of the evaluator's own sources by path (``EVALUATOR_SOURCES``); ``evaluator`` combines them
+    in a fixed order."""
+    files = {name: sha256_file(APP_ROOT / name) for name in EVALUATOR_SOURCES}
     combined = hashlib.sha256("".join(f"{n}:{h}\n" for n, h in files.items()).encode()).hexdigest()
-    return {"evaluator": combined, **{f"sandbox/{n}": h for n, h in files.items()}}
+    return {"evaluator": combined, **files}
 
 
 def write_report(path: Path, report: dict[str, Any]) -> None:
@@ -146,12 +152,14 @@ def prepare_evaluation(profile: prepare.Profile | str, device: str = "cpu") -> P
         profile = prepare.get_profile(profile)
     except ValueError as e:
         raise EvaluatorError(str(e)) from e
-    if profile.name not in artifact.LIMITS:
-        raise EvaluatorError(f"profile {profile.name!r} has no artifact limits in sandbox/artifact.py")
+    if profile.name not in LIMITS:
+        raise EvaluatorError(
+            f"profile {profile.name!r} has no artifact limits in sandbox/incontainer/archive.py"
+        )
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise EvaluatorError("--device cuda was requested but CUDA is not available")
     hashes = {"prepare.py": sha256_file(Path(prepare.__file__)), **source_hashes()}
-    warm_up()
+    warmup.warm_up()
     return Prepared(profile, device, hashes, time.monotonic() - t_start)
 
 
@@ -162,89 +170,11 @@ def load_data(prepared: Prepared, data_dir: Path | None = None) -> dict[str, Any
     return data | {"seconds": time.monotonic() - t_start}
 
 
-def retain_freed_memory() -> bool:
-    """Make glibc keep freed memory for reuse instead of handing it back to the kernel; True if it took.
-
-    glibc serves every allocation above 32 MiB with its own mmap and unmaps it when freed, so each
-    logits-sized tensor (B x T x V floats: 64 MiB on the tiny profile) is page-faulted in afresh, 16k
-    faults at a time, several times per batch (the graph's last ops, cross-entropy,
-    log_softmax). With mmap off and a high trim threshold the heap keeps and reuses those pages:
-    measured on 2 cores, half the time of those memory-bound ops. The first few allocations of a size
-    may still fault: torch asks for 64-byte alignment, which glibc serves only from a free chunk a few
-    bytes larger than the request, so a freed tensor's chunk is reused once it has merged with a free
-    neighbour (measured: up to 4 of the first 12 rounds of 64 MiB, none after, resident size bounded).
-    Reused memory holds earlier data, as glibc's smaller allocations always did: the operator deny-list
-    (no ``empty*``, ``resize*``, ``set_``) is what keeps a graph from reading uninitialised memory, with
-    or without this.
-    """
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # not glibc: nothing to tune
-        return False
-    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 1 << 30))
-
-
-def warm_up() -> None:
-    """Pay torch's one-off costs now: the modules loading a graph imports lazily, the first CPU kernels.
-
-    Deserializing pulls in torch._export.serde and with it dynamo and functorch (about a second of
-    imports), which would otherwise be charged to the first artifact check. The few small ops below
-    start the intra-op thread pool and the GEMM and softmax kernels. Nothing here sees the artifact.
-    """
-    from torch._export.serde import serialize  # noqa: F401
-    from torch.export import passes  # noqa: F401
-
-    with torch.inference_mode():
-        a = torch.randn(64, 64, generator=torch.Generator().manual_seed(0))
-        logits = (a @ a).log_softmax(dim=-1)
-        torch.nn.functional.cross_entropy(logits, torch.zeros(64, dtype=torch.int64), reduction="none")
-        bool(torch.isfinite(logits).all())
-
-
-class _Toy(torch.nn.Module):
-    """A graph of the contract's shape, int64 (B, T) -> float (B, T, V), for ``warm_up_loader``."""
-
-    def __init__(self, vocab_size: int) -> None:
-        super().__init__()
-        self.embed = torch.nn.Embedding(vocab_size, 4)
-        self.head = torch.nn.Linear(4, vocab_size)
-
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.nn.functional.rms_norm(self.embed(idx), (4,)))
-
-
-def contract_for(profile: prepare.Profile) -> artifact.Contract:
+def contract_for(profile: prepare.Profile) -> graph.Contract:
     """The artifact contract of ``profile``: (B, T) int64 in, (B, T, V) float out, B up to the eval batch."""
-    return artifact.Contract(
+    return graph.Contract(
         seq_len=profile.max_seq_len, vocab_size=profile.vocab_size, max_batch=profile.eval_batch_size
     )
-
-
-def warm_up_loader(profile: prepare.Profile) -> None:
-    """Take the loader's first-call costs on a graph of our own, not on the candidate's clock.
-
-    The first deserialization, program-to-module code generation and forward pass in a process pay
-    lazy set-up (fake tensors, symbolic shapes, fx code generation, first kernels). Measured in one
-    process on one core with the tiny baseline's artifact: load 0.41 s and probes 1.36 s the first
-    time, 0.23 s and 1.05 s after. A toy graph, exported here and saved to our private /tmp, goes
-    through exactly the code a candidate's artifact goes through (validate, deserialize, load, run
-    once), so the candidate's clock does not pay that set-up. It costs under a second of one core, spent
-    while TRAIN runs (at a low CPU weight in the Docker backend). The CLI only: the library functions
-    the tests call skip it.
-    """
-    log.info("warming the loader up on a toy graph of our own (not the candidate's artifact)")
-    contract = contract_for(profile)
-    example = torch.zeros(2, profile.max_seq_len, dtype=torch.int64)
-    with torch.no_grad():
-        program = torch.export.export(
-            _Toy(profile.vocab_size).eval(),
-            (example,),
-            dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
-        )
-    with tempfile.TemporaryDirectory(prefix="evaluator-warm-up-") as tmp:
-        torch.export.save(program, Path(tmp) / ARTIFACT_FILE)
-        loaded = artifact.load_artifact(Path(tmp), contract, artifact.LIMITS[profile.name], "cpu")
-    artifact.as_logits_fn(loaded.program, contract)(example[:1])
 
 
 def evaluate(
@@ -326,15 +256,15 @@ def _judge(
     contract = contract_for(profile)
     try:
         try:
-            validated = artifact.validate_artifact(artifact_dir, artifact.LIMITS[profile.name])
+            validated = program.validate_artifact(artifact_dir, LIMITS[profile.name])
         finally:
             t = lap("validate", t)
         report["artifact_sha256"], report["artifact_bytes"] = validated.sha256, validated.size_bytes
         try:
-            loaded = artifact.load_program(validated, contract, device)
+            loaded = program.load_program(validated, contract, device)
         finally:
             t = lap("load", t)
-    except artifact.ArtifactRejected as e:
+    except ArtifactRejected as e:
         report["check"], report["reason"] = (
             f"artifact:{e.check}",
             f"artifact rejected ({e.check}): {e.message}",
@@ -356,7 +286,7 @@ def _judge(
             "runtime:non_finite_logits",
             f"non-finite logits while scoring: {e}",
         )
-    except (prepare.BadLogits, artifact.OutputBreaksContract) as e:
+    except (prepare.BadLogits, graph.OutputBreaksContract) as e:
         report["check"], report["reason"] = "runtime:bad_logits", f"unusable logits while scoring: {e}"
     except GRAPH_ERRORS as e:
         report["check"] = "runtime:graph_error"
@@ -365,19 +295,19 @@ def _judge(
 
 
 def _probe_and_score(
-    loaded: artifact.LoadedArtifact,
+    loaded: program.LoadedArtifact,
     profile: prepare.Profile,
-    contract: artifact.Contract,
+    contract: graph.Contract,
     rows: torch.Tensor,
     token_bytes: torch.Tensor,
     report: dict[str, Any],
     lap: Any,
 ) -> tuple[str | None, str]:
     """Check one batch, score every batch, check every scored row; fills ``report`` and returns
-    (check, reason), check None when scored. See sandbox/probes.py for what each check proves."""
+    (check, reason), check None when scored. See sandbox/incontainer/probes.py for what each check proves."""
     device = str(token_bytes.device)
-    state = artifact.snapshot_state(loaded.program)
-    logits_fn = artifact.as_logits_fn(loaded.program, contract)
+    state = graph.snapshot_state(loaded.program)
+    logits_fn = graph.as_logits_fn(loaded.program, contract)
     B = profile.eval_batch_size
     plan = probes.draw_plan(int(rows.shape[0]), B, profile.max_seq_len)
     rows = rows.to(device)
@@ -433,7 +363,7 @@ def _probe_and_score(
     check, reason = reveal()
     if check is not None:
         return check, reason
-    changed = artifact.changed_state(loaded.program, state)
+    changed = graph.changed_state(loaded.program, state)
     if changed:
         return "runtime:state_mutation", f"the graph changed its own state while running: {changed[:10]}"
     report.update(
@@ -445,24 +375,14 @@ def _probe_and_score(
     return None, "scored"
 
 
-def process_age() -> float | None:
-    """Seconds since this process started (interpreter start-up and imports, when called first thing)."""
-    try:
-        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: start time, in ticks after boot
-        return max(time.clock_gettime(time.CLOCK_BOOTTIME) - started, 0.0)
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 def prepare_process(profile: str, device: str) -> Prepared:
     """``prepare_evaluation`` plus what only a process of its own should do: tune malloc, warm the
     loader up, freeze the collector's view of the modules. Library callers (the tests) skip these."""
-    retain_freed_memory()
+    warmup.retain_freed_memory()
     prepared = prepare_evaluation(profile, device)
     t_warm = time.monotonic()
     try:
-        warm_up_loader(prepared.profile)
+        warmup.warm_up_loader(contract_for(prepared.profile), LIMITS[prepared.profile.name])
     except Exception:  # an optimisation only: the real artifact gets the full checks either way
         log.warning("the loader warm-up failed; judging without it", exc_info=True)
     gc.freeze()  # torch's modules live as long as we do: the collector need not walk them again
@@ -471,7 +391,8 @@ def prepare_process(profile: str, device: str) -> Prepared:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description="Score an exported model.pt2 with the frozen val_bpb metric."
+        prog=f"python -m {EVALUATOR_MODULE}",
+        description="Score an exported model.pt2 with the frozen val_bpb metric.",
     )
     parser.add_argument("--profile", required=True, choices=sorted(prepare.PROFILES))
     parser.add_argument(
@@ -490,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    startup = process_age()
+    startup = warmup.process_age()
     try:
         prepared = prepare_process(args.profile, args.device)
         waited = 0.0

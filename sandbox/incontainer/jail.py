@@ -1,6 +1,6 @@
 """The containers' trusted launcher: narrow the kernel's reach with a seccomp filter, then exec.
 
-`python /opt/autoresearch/sandbox/jail.py PROGRAM ARGS...` installs a second seccomp filter on top of
+`python /opt/autoresearch/sandbox/incontainer/jail.py PROGRAM ARGS...` installs a second seccomp filter on top of
 the engine's, then replaces itself with PROGRAM; the filter is inherited by every process the program
 starts and can never be removed (no-new-privileges is set, so the candidate cannot exec its way out).
 
