@@ -42,7 +42,6 @@ import logging
 import math
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +54,7 @@ from prepare import TOKENIZER_DIRNAME, VAL_DIRNAME
 from sandbox.incontainer import graph, probes, program, warmup
 from sandbox.incontainer.archive import LIMITS, ArtifactRejected
 from sandbox.incontainer.constants import EVALUATOR_ERROR_EXIT, EVALUATOR_MODULE, Status
+from sandbox.incontainer.fileio import atomic_write, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +77,6 @@ class EvaluatorError(Exception):
     """The evaluator cannot do its job (infrastructure); never the candidate's fault."""
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def source_hashes() -> dict[str, str]:
     """SHA-256 of the evaluator's own sources by path (``EVALUATOR_SOURCES``); ``evaluator`` combines them
     in a fixed order."""
@@ -94,19 +86,9 @@ def source_hashes() -> dict[str, str]:
 
 
 def write_report(path: Path, report: dict[str, Any]) -> None:
-    """Atomic: a reader sees the previous report or the complete new one, never half of it."""
+    """Atomic and durable: a reader sees the previous report or the complete new one, never half of it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(report, f, indent=2, sort_keys=True, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, json.dumps(report, indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
 def _load_data(profile: prepare.Profile, data_dir: Path) -> dict[str, Any]:

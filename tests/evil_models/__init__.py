@@ -55,14 +55,14 @@ class NonCausal(Honest):
 
 
 class RowMixing(Honest):
-    """Mixes the batch: from position 1 on, every row sees the mean over the batch of position 1 (the
-    first real token; position 0 is BOS in every row, so mixing that would carry nothing). It is causal
-    within each row's timeline, so only a check that changes the other rows can catch it."""
+    """Mixes the batch: at position t every row sees the batch mean of all rows' prefix means up to t.
+    It is causal within each row's timeline (nothing after t), so only a check that changes the other
+    rows can catch it; it reads their text itself, not just BOS, so it carries real information."""
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         h = self.attend(self.wte(idx))
-        later = (torch.arange(idx.shape[1]) >= 1).float()[None, :, None]
-        return self.head(h + later * h[:, 1:2].mean(dim=0, keepdim=True))
+        prefix_mean = h.cumsum(dim=1) / torch.arange(1, idx.shape[1] + 1)[None, :, None]
+        return self.head(h + prefix_mean.mean(dim=0, keepdim=True))
 
 
 class NaNLogits(Honest):
