@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sandbox import constants as C
+from sandbox.compute import ComputeReport
 from sandbox.constants import Status
 from sandbox.verdict import DataMissing, TrialSpec, Verdict, claimed_val_bpb
 
@@ -130,6 +131,7 @@ def finish(
     images: dict[str, str],
     logs: dict[str, Path],
     report: dict[str, Any] | None,
+    compute: ComputeReport | None = None,
 ) -> Verdict:
     """Build the verdict, write verdict.json into the trial folder, and return it."""
     verdict = Verdict(
@@ -158,6 +160,8 @@ def finish(
         gpu_ids=list(spec.gpu_ids),
         seed=spec.seed,
         backend=backend,
+        compute_share=None if compute is None else compute.share,
+        compute=None if compute is None else compute.model_dump(mode="json"),
     )
     write_bytes_atomic(spec.trial_dir / C.VERDICT_FILE, verdict.model_dump_json(indent=2).encode() + b"\n")
     logger.info(

@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from sandbox.compute import ComputeReport
 from sandbox.constants import EVALUATOR_ERROR_EXIT, Status
 from sandbox.limits import Limits
 
@@ -57,6 +58,8 @@ class TrialSpec(BaseModel):
     limits: Limits
     seed: int = 0
     gpu_ids: tuple[str, ...] = ()
+    # Below this share of its compute (sandbox/compute.py) TRAIN counts as starved; 0 turns it off.
+    min_compute_share: float = Field(default=0.85, ge=0, le=1)
 
 
 class TrainOutcome(BaseModel):
@@ -105,6 +108,8 @@ class Verdict(BaseModel):
     gpu_ids: list[str] = Field(default_factory=list)
     seed: int = 0
     backend: str = ""
+    compute_share: float | None = None  # of TRAIN (sandbox/compute.py); None: not measured
+    compute: dict[str, Any] | None = None  # the evidence: cpu, wait, denied, throttled seconds, how
 
 
 # --------------------------------------------------------------------------- classification
@@ -129,6 +134,20 @@ def classify_train(outcome: TrainOutcome) -> tuple[Status, str] | None:
     if not outcome.artifact_present:
         return Status.CRASH, "train.py exited 0 but wrote no model.pt2"
     return None
+
+
+def classify_starved(compute: ComputeReport | None, min_share: float) -> tuple[Status, str] | None:
+    """STARVED when TRAIN got less than `min_share` of its compute, whatever else happened to it.
+
+    It comes before every other classification: a timeout or a poor score under starvation was
+    decided by the host, not by the candidate, so the trial is run again rather than judged.
+    """
+    if compute is None or not compute.starved(min_share):
+        return None
+    return Status.STARVED, (
+        f"the host starved TRAIN: {compute.summary()}, below the minimum {min_share:.2f}; "
+        "not the candidate's result (run again on a quieter host)"
+    )
 
 
 def classify_report(report: dict[str, Any]) -> tuple[Status, float | None, str]:
