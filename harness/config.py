@@ -82,6 +82,12 @@ class RetrySettings(BaseModel):
     invalid_streak: int = Field(
         default=20, ge=1, description="proposals in a row that do not parse or change nothing before stopping"
     )
+    starved_attempts: int = Field(
+        default=5, ge=1, le=50, description="starved runs of one trial in a row before the run pauses"
+    )
+    starved_backoff_s: float = Field(
+        default=30.0, ge=0, description="wait after a starved run; doubles per attempt, at most 10 minutes"
+    )
 
 
 _LIMIT_FIELDS = Limits.model_fields
@@ -381,6 +387,11 @@ class TrialPaths:
     def interrupted_dir(self) -> Path:
         return self.dir / "interrupted"
 
+    @property
+    def starved_dir(self) -> Path:
+        """Runs the host starved (sandbox/compute.py), kept as they were, one folder per attempt."""
+        return self.dir / "starved"
+
     def run_dir(self, run: int) -> Path:
         """Where the sandbox writes run `run`: the trial folder itself, the confirmation beside it."""
         return self.dir if run == 0 else self.confirm_dir if run == 1 else self.dir / f"run-{run}"
@@ -398,7 +409,7 @@ class TrialPaths:
                 self.controller_log,
                 self.starts,
             )
-        ) | {self.interrupted_dir.name}
+        ) | {self.interrupted_dir.name, self.starved_dir.name}
 
 
 @dataclass(frozen=True)

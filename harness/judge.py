@@ -48,6 +48,12 @@ class JudgeSettings(BaseModel):
     noise_k: float = Field(default=2.0, ge=0, description="threshold = max(noise_k * std, min_delta)")
     min_delta: float = Field(default=0.0005, ge=0, description="the smallest gain ever counted, in val_bpb")
     confirm_keeps: bool = Field(default=True, description="re-run a would-be keep with another seed")
+    min_compute_share: float = Field(
+        default=0.85,
+        ge=0,
+        le=1,
+        description="a run whose TRAIN got less of its CPUs is `starved`: re-run, never judged (0: off)",
+    )
 
     @property
     def runs_for_keep(self) -> int:

@@ -298,6 +298,20 @@ class RunRecord(BaseModel):
     gpu_ids: list[str] = Field(default_factory=list)
     backend: str = ""
     artifact_sha256: str | None = None
+    compute_share: float | None = None  # what TRAIN got of its CPUs (sandbox/compute.py)
+    compute: dict[str, Any] | None = None  # the evidence
+
+
+class StarvedAttempt(BaseModel):
+    """A run the host starved of compute: kept in the trial folder, never judged (harness/loop.py)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    folder: str  # relative to the trial folder: starved/<n>
+    sandbox_trial_id: str
+    compute_share: float | None = None
+    compute: dict[str, Any] | None = None
+    reason: str = ""
 
 
 class AgentRecord(BaseModel):
@@ -358,14 +372,18 @@ class TrialRecord(BaseModel):
     started_at: str
     finished_at: str
     canary: CanaryCheck | None = None  # set on canary rows only
+    # Runs of this trial the host starved, re-run before it was judged (only on rows that had any).
+    starved: list[StarvedAttempt] = Field(default_factory=list)
     # Set by the ledger on append; present on every row read back.
     index: int | None = None
     prev_hash: str | None = None
     hash: str | None = None
 
     def to_row(self) -> dict[str, Any]:
-        """The row to append (the chain keys are the ledger's to set; `canary` only on canary rows)."""
+        """The row to append (the chain keys are the ledger's to set; `canary` only on canary rows,
+        `starved` only on rows that had starved runs)."""
         exclude = set(CHAIN_KEYS) | ({"canary"} if self.canary is None else set())
+        exclude |= set() if self.starved else {"starved"}
         return self.model_dump(mode="json", exclude=exclude)
 
     def result_row(self) -> ResultRow:

@@ -83,6 +83,7 @@ from harness.ledger import (
     Ledger,
     RunMeta,
     RunRecord,
+    StarvedAttempt,
     TrialPlan,
     TrialRecord,
     hash_tree,
@@ -107,6 +108,8 @@ TRIAL_ID = re.compile(r"^t(\d{4,})$")
 TRIAL_FOLDER = re.compile(r"^t(\d{4,})(\..*)?$")
 MAX_TRAIN_PY_BYTES = 1_000_000
 CONFIRM_SUFFIX = "-c1"
+STARVED_BACKOFF_MAX_S = 600.0
+MAX_RUNS = 16  # runs of one trial (the first, confirmations): run-<n> folders that are not a starved run's
 
 
 # --------------------------------------------------------------------------- errors
@@ -142,6 +145,10 @@ class AgentGaveUp(LoopError):
 
 class InvalidStreak(LoopError):
     pass
+
+
+class HostStarved(LoopError):
+    """Runs kept coming back `starved`: the host is too busy to measure anything; the run pauses."""
 
 
 class IsolationBroken(LoopError):
@@ -545,9 +552,12 @@ class ResearchLoop:
 
     @staticmethod
     def _starts(tp: TrialPaths) -> int:
+        """Starts of a trial so far; a start that ended in a starvation pause does not count."""
         if not tp.starts.exists():
             return 0
-        return sum(1 for line in tp.starts.read_text(encoding="utf-8").splitlines() if line.strip())
+        lines = [line for line in tp.starts.read_text(encoding="utf-8").splitlines() if line.strip()]
+        paused = sum(1 for line in lines if '"paused"' in line)
+        return len(lines) - 2 * paused
 
     # ------------------------------------------------------------------ the session's trials
 
@@ -765,7 +775,7 @@ class ResearchLoop:
     def _execute(self, plan: TrialPlan) -> TrialRecord:
         tp = self.paths.trial(plan.trial_id)
         starts = self._starts(tp)
-        if starts:
+        if starts or any(entry.name not in tp.own_files for entry in tp.dir.iterdir()):
             self._set_aside(tp, starts)
         with tp.starts.open("a", encoding="utf-8") as f:
             f.write(json.dumps({"at": now_iso(), "worker": self.worker}) + "\n")
@@ -796,7 +806,10 @@ class ResearchLoop:
     def _set_aside(self, tp: TrialPaths, starts: int) -> None:
         """Move an interrupted attempt's sandbox output out of the way (kept, never deleted)."""
         aside = tp.interrupted_dir / str(starts)
-        aside.mkdir(parents=True, exist_ok=True)
+        while aside.exists():  # a start paused by starvation does not count, so numbers can repeat
+            starts += 1
+            aside = tp.interrupted_dir / str(starts)
+        aside.mkdir(parents=True)
         for entry in tp.dir.iterdir():
             if entry.name not in tp.own_files:
                 shutil.move(str(entry), str(aside / entry.name))
@@ -811,7 +824,66 @@ class ResearchLoop:
             limits=self.seat.limits,
             seed=plan.seeds[run],
             gpu_ids=self.seat.gpu_ids,
+            min_compute_share=self.config.judge.min_compute_share,
         )
+        return self._run_fed(tp, spec)
+
+    def _run_fed(self, tp: TrialPaths, spec: TrialSpec) -> Verdict:
+        """Run `spec` until a run is not starved: each starved run is set aside under starved/<n>/,
+        followed by a wait (doubling), and `starved_attempts` of them in a row pause the run."""
+        retries = self.config.retries
+        for attempt in range(1, retries.starved_attempts + 1):
+            verdict = self._run_spec(spec)
+            if verdict.status is not Status.STARVED:
+                return verdict
+            folder = self._set_aside_starved(tp, spec.trial_dir)
+            if attempt == retries.starved_attempts:
+                with tp.starts.open("a", encoding="utf-8") as f:  # this start does not count (resumable)
+                    f.write(json.dumps({"at": now_iso(), "worker": self.worker, "paused": "starved"}) + "\n")
+                raise HostStarved(
+                    f"the host starved {attempt} runs of {spec.trial_id} in a row (last: {verdict.reason}; "
+                    f"kept in {folder}). Nothing was judged; the run is paused. Stop what loads the host "
+                    f"(or lower judge.min_compute_share, now {spec.min_compute_share}) and run the same "
+                    "command again: the trial is re-run."
+                )
+            wait = min(retries.starved_backoff_s * 2 ** (attempt - 1), STARVED_BACKOFF_MAX_S)
+            share = "?" if verdict.compute_share is None else f"{verdict.compute_share:.2f}"
+            logger.warning(
+                "%s starved (compute share %s < %.2f; attempt %d of %d): waiting %.0f s, then running it again",
+                spec.trial_id,
+                share,
+                spec.min_compute_share,
+                attempt,
+                retries.starved_attempts,
+                wait,
+            )
+            self.progress.phase(
+                tp.dir.name,
+                f"host busy: compute share {share} < {spec.min_compute_share:.2f}; "
+                f"re-running in {wait:.0f} s (starved {attempt}/{retries.starved_attempts})",
+            )
+            self.sleep(wait)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def _set_aside_starved(tp: TrialPaths, run_dir: Path) -> str:
+        """Move a starved run's files to starved/<n>/ (kept, never judged); return that folder."""
+        tp.starved_dir.mkdir(exist_ok=True)
+        n = 1 + sum(1 for p in tp.starved_dir.iterdir() if p.is_dir())
+        target = tp.starved_dir / str(n)
+        target.mkdir()
+        if run_dir == tp.dir:  # the first run writes into the trial folder itself, beside other runs
+            others = {tp.run_dir(i).name for i in range(1, MAX_RUNS)}
+            for entry in tp.dir.iterdir():
+                if entry.name not in tp.own_files and entry.name not in others:
+                    shutil.move(str(entry), str(target / entry.name))
+        else:
+            for entry in run_dir.iterdir():
+                shutil.move(str(entry), str(target / entry.name))
+            run_dir.rmdir()
+        return target.relative_to(tp.dir).as_posix()
+
+    def _run_spec(self, spec: TrialSpec) -> Verdict:
         retries = self.config.retries
         for attempt in range(1, retries.sandbox_attempts + 1):
             try:
@@ -853,6 +925,8 @@ class ResearchLoop:
         """(status, decision, reason, val_bpb, judgement) for a finished trial."""
         if plan.invalid is not None:
             return Status.CRASH, Decision.CRASH, plan.invalid, None, None
+        if any(v.status is Status.STARVED for v in verdicts):  # _run_fed never returns one
+            raise LoopError(f"{plan.trial_id}: a starved run reached the judge; nothing was recorded")
         first = verdicts[0]
         if plan.kind == "canary":
             return canary.decide(first)
@@ -928,6 +1002,7 @@ class ResearchLoop:
                 started_at=started_at,
                 finished_at=now_iso(),
                 canary=canary.check(first, tp.dir, tp.candidate) if plan.kind == "canary" and first else None,
+                starved=self._starved_attempts(tp),
             )
             written = TrialRecord.model_validate(self.ledger.append(record.to_row()))
             self.results.append(rows_for([written]))  # none for a canary: results.tsv lists experiments
@@ -941,6 +1016,29 @@ class ResearchLoop:
         new_state = replay((r.judged() for r in [*records, written]), self.config.judge)
         self.progress.recorded(written, new_state)
         return written
+
+    @staticmethod
+    def _starved_attempts(tp: TrialPaths) -> list[StarvedAttempt]:
+        """The trial's starved runs, from their verdicts under starved/ (this start's and earlier ones')."""
+        attempts: list[StarvedAttempt] = []
+        if not tp.starved_dir.is_dir():
+            return attempts
+        folders = [p for p in tp.starved_dir.iterdir() if p.is_dir() and p.name.isdigit()]
+        for folder in sorted(folders, key=lambda p: int(p.name)):
+            path = folder / C.VERDICT_FILE
+            if not path.is_file():
+                continue
+            v = Verdict.model_validate_json(path.read_text(encoding="utf-8"))
+            attempts.append(
+                StarvedAttempt(
+                    folder=folder.relative_to(tp.dir).as_posix(),
+                    sandbox_trial_id=v.trial_id,
+                    compute_share=v.compute_share,
+                    compute=v.compute,
+                    reason=v.reason,
+                )
+            )
+        return attempts
 
     def _run_record(self, tp: TrialPaths, run: int, v: Verdict) -> RunRecord:
         report = v.report or {}
@@ -961,6 +1059,8 @@ class ResearchLoop:
             gpu_ids=v.gpu_ids,
             backend=v.backend,
             artifact_sha256=artifact if isinstance(artifact, str) else None,
+            compute_share=v.compute_share,
+            compute=v.compute,
         )
 
     @staticmethod

@@ -7,7 +7,8 @@ the same run. When a session ends it writes progress.png and report.md into the 
 
 Exit codes: 0 done; 1 the run stopped on an error (the message says what to do); 2 the
 configuration is broken; 3 engine unreachable, 4 image missing, 5 data missing (as `trial`);
-8 ISOLATION BROKEN: the run canary, a known cheat, was not rejected (harness/canary.py); 130
+8 ISOLATION BROKEN: the run canary, a known cheat, was not rejected (harness/canary.py); 9 paused:
+the host starved `retries.starved_attempts` runs in a row (run the same command once it is quieter); 130
 interrupted (Ctrl-C or SIGTERM; run the same command to resume). `verify-ledger` exits 1
 when history does not verify.
 """
@@ -30,6 +31,7 @@ EXIT_ENGINE = 3
 EXIT_IMAGE = 4
 EXIT_DATA = 5
 EXIT_ISOLATION_BROKEN = 8  # 6 and 7 are `trial`'s and `preflight`'s
+EXIT_HOST_STARVED = 9
 EXIT_INTERRUPTED = 130
 
 
@@ -134,7 +136,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     from harness.ledger import LedgerError
     from harness.lineage import LineageError, check_run_tag
-    from harness.loop import IsolationBroken, LoopError, ResearchLoop, read_program
+    from harness.loop import HostStarved, IsolationBroken, LoopError, ResearchLoop, read_program
     from harness.progress import make_progress
     from harness.results import ResultsError
     from sandbox.verdict import DataMissing, EngineUnavailable, ImageMissing, SandboxError
@@ -261,6 +263,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         _isolation_banner(str(exc))
         _write_report_quietly(run_dir)
         return EXIT_ISOLATION_BROKEN
+    except HostStarved as exc:
+        _err(str(exc))
+        _write_report_quietly(run_dir)
+        return EXIT_HOST_STARVED
     except LoopError as exc:
         _err(str(exc))
         _write_report_quietly(run_dir)
