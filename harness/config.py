@@ -10,6 +10,9 @@ fresh machine. Example:
     max_trials = 20
     [judge]
     baseline_repeats = 3
+    confirm_pairs = 2           # harness/judge.py: paired confirmation of a would-be keep
+    false_keep_rate = 0.05
+    min_compute_share = 0.85    # sandbox/compute.py: below it a run is `starved`, re-run
     [limits]
     mem_limit_mb = 2048
     [agent_settings]
@@ -388,6 +391,11 @@ class TrialPaths:
         return self.dir / "interrupted"
 
     @property
+    def paired_best(self) -> Path:
+        """The best's train.py, as the paired confirmation runs it beside the candidate."""
+        return self.dir / "best.train.py"
+
+    @property
     def starved_dir(self) -> Path:
         """Runs the host starved (sandbox/compute.py), kept as they were, one folder per attempt."""
         return self.dir / "starved"
@@ -408,6 +416,7 @@ class TrialPaths:
                 self.manifest,
                 self.controller_log,
                 self.starts,
+                self.paired_best,
             )
         ) | {self.interrupted_dir.name, self.starved_dir.name}
 

@@ -283,7 +283,7 @@ class RunRecord(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    run: int  # 0: the first run, 1: the confirmation
+    run: int  # 0: the first run, then the paired confirmation's runs in the order they ran
     sandbox_trial_id: str  # the id the sandbox saw (labels, logs)
     folder: str  # relative to the trial folder
     seed: int
@@ -300,6 +300,11 @@ class RunRecord(BaseModel):
     artifact_sha256: str | None = None
     compute_share: float | None = None  # what TRAIN got of its CPUs (sandbox/compute.py)
     compute: dict[str, Any] | None = None  # the evidence
+    # Paired confirmation (harness/judge.py): whose train.py ran ("candidate", or "best": the best at
+    # the time, re-run beside it), that commit when it is not the trial's candidate, and the pair (0: none).
+    role: Literal["candidate", "best"] = "candidate"
+    commit: str | None = None
+    pair: int = 0
 
 
 class StarvedAttempt(BaseModel):
@@ -403,6 +408,11 @@ class TrialRecord(BaseModel):
             val_bpb=self.val_bpb,
             candidate_commit=self.candidate_commit,
             code_lines=self.code_lines,
+            measurements=tuple(
+                (run.commit or self.candidate_commit, run.val_bpb)
+                for run in self.runs
+                if run.status is Status.OK and run.val_bpb is not None
+            ),
         )
 
 

@@ -10,8 +10,9 @@ One `ResearchLoop.run()` call is one controller session on one run folder:
    baseline run that fails stops the run: nothing can be judged against a broken starting point.
 3. Candidates, until `max_trials` candidate trials are in the run folder (None: forever): the
    agent proposes from a context built from the ledger; the proposal is validated, committed to
-   the lineage, written to its trial folder, run by the sandbox, judged (a would-be keep runs again
-   with another seed), recorded in the ledger then results.tsv, and a keep advances the branch.
+   the lineage, written to its trial folder, run by the sandbox, judged (a would-be keep is confirmed
+   on paired runs of it and the current best, harness/judge.py), recorded in the ledger then
+   results.tsv, and a keep advances the branch.
 
 Deliberate choices:
 - A proposal that does not parse, or that changes nothing, is recorded without running it, as
@@ -22,6 +23,11 @@ Deliberate choices:
   written to the ledger: SandboxError (backoff, then the run stops with the sandbox's message;
   DataMissing and ImageMissing are not retried, a retry cannot fix them), AgentError (backoff,
   then stop), AgentFatal (stop at once), AgentExhausted (the replay folder is done: a clean end).
+- A run the host starved of compute (status `starved`, sandbox/compute.py) is not a result: it is
+  moved to the trial's `starved/<n>/`, the loop waits (`retries.starved_backoff_s`, doubling; in the
+  log and the live view) and runs it again; `retries.starved_attempts` in a row pause the run
+  (`HostStarved`, nothing recorded for the trial, which the next start re-runs; a paused start does
+  not count towards `trial_starts`). Starved runs are never ledger rows: the trial's row lists them.
 - Crash safety: each trial's records are written in a fixed order (trial folder and pending
   commit, then ledger row, results.tsv row, lineage ref) with SIGINT/SIGTERM held back during the
   last three. On the next start, a trial folder with a `trial.json` but no ledger row is re-run
@@ -58,7 +64,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from filelock import FileLock
 from filelock import Timeout as LockTimeout
@@ -77,7 +83,7 @@ from harness.agents.base import (
     Usage,
 )
 from harness.config import RunConfig, RunPaths, TrialPaths
-from harness.judge import Action, Judgement, JudgeState, code_lines, judge, replay
+from harness.judge import Action, Judgement, JudgeState, code_lines, judge, judge_paired, replay
 from harness.ledger import (
     AgentRecord,
     Ledger,
@@ -109,7 +115,7 @@ TRIAL_FOLDER = re.compile(r"^t(\d{4,})(\..*)?$")
 MAX_TRAIN_PY_BYTES = 1_000_000
 CONFIRM_SUFFIX = "-c1"
 STARVED_BACKOFF_MAX_S = 600.0
-MAX_RUNS = 16  # runs of one trial (the first, confirmations): run-<n> folders that are not a starved run's
+RUN_FOLDER = re.compile(r"^run-\d+$")  # a confirmation run's folder (TrialPaths.run_dir)
 
 
 # --------------------------------------------------------------------------- errors
@@ -174,6 +180,15 @@ class RunSummary:
 
 class _Stop(Exception):
     """Ends the candidate loop cleanly (max_trials reached, the agent has nothing left)."""
+
+
+@dataclass(frozen=True)
+class RunRole:
+    """Whose train.py a run of a trial ran: the candidate's, or (paired confirmation) the best's."""
+
+    role: Literal["candidate", "best"] = "candidate"
+    commit: str | None = None  # the best's commit; None: the trial's candidate
+    pair: int = 0  # 0: the first run; k: the k-th confirmation pair
 
 
 @dataclass(frozen=True)
@@ -783,16 +798,17 @@ class ResearchLoop:
         with _file_log(tp.controller_log, thread_only=True):
             logger.info("%s (%s): %s", plan.trial_id, plan.kind, plan.description)
             verdicts: list[Verdict] = []
+            roles: list[RunRole] = []
             if plan.invalid is None:
                 self.progress.phase(plan.trial_id, f"running ({plan.description})")
                 verdicts.append(self._run_sandbox(plan, 0))
+                roles.append(RunRole())
                 if plan.kind == "candidate" and verdicts[0].status is Status.OK:
                     first = self._judge(plan, verdicts)
                     if first.action is Action.CONFIRM:
                         logger.info("%s: %s", plan.trial_id, first.reason)
-                        self.progress.phase(plan.trial_id, f"confirming with seed {plan.seeds[1]}")
-                        verdicts.append(self._run_sandbox(plan, 1))
-        record = self._record(plan, verdicts, started_at)
+                        self._confirm(plan, verdicts, roles)
+        record = self._record(plan, verdicts, started_at, roles)
         if record.canary is not None and not record.canary.passed:
             raise IsolationBroken(canary.alarm(record, self.ledger.records(), self.paths.root))
         if plan.kind == "baseline" and record.decision is not Decision.BASELINE:
@@ -814,15 +830,55 @@ class ResearchLoop:
             if entry.name not in tp.own_files:
                 shutil.move(str(entry), str(aside / entry.name))
 
-    def _run_sandbox(self, plan: TrialPlan, run: int) -> Verdict:
+    def _confirm(self, plan: TrialPlan, verdicts: list[Verdict], roles: list[RunRole]) -> None:
+        """The paired confirmation (harness/judge.py): `confirm_pairs` times, the candidate and the
+        current best back to back with the same seed, in alternating order; stops at a failed run."""
+        tp = self.paths.trial(plan.trial_id)
+        state = replay((r.judged() for r in self.ledger.records()), self.config.judge)
+        assert state.best is not None
+        best = state.best
+        tp.paired_best.write_text(self.lineage.read(best.commit), encoding="utf-8")
+        for pair in range(1, self.config.judge.confirm_pairs + 1):
+            seed = plan.seeds[1] if pair == 1 else derive_seed(self.config.seed, plan.trial_id, pair)
+            order: tuple[Literal["candidate", "best"], ...] = (
+                ("candidate", "best") if pair % 2 else ("best", "candidate")
+            )
+            for role in order:
+                run = len(verdicts)
+                label = f"the best {best.commit[:7]}" if role == "best" else "the candidate"
+                self.progress.phase(
+                    plan.trial_id,
+                    f"confirming: pair {pair}/{self.config.judge.confirm_pairs}, {label} (seed {seed})",
+                )
+                verdict = self._run_sandbox(
+                    plan,
+                    run,
+                    seed=seed,
+                    candidate=tp.paired_best if role == "best" else tp.candidate,
+                    sandbox_id=f"{plan.trial_id}-{'b' if role == 'best' else 'c'}{pair}",
+                )
+                verdicts.append(verdict)
+                roles.append(RunRole(role, best.commit if role == "best" else None, pair))
+                if verdict.status is not Status.OK:
+                    return  # not confirmed, whichever run failed
+
+    def _run_sandbox(
+        self,
+        plan: TrialPlan,
+        run: int,
+        *,
+        seed: int | None = None,
+        candidate: Path | None = None,
+        sandbox_id: str | None = None,
+    ) -> Verdict:
         tp = self.paths.trial(plan.trial_id)
         spec = TrialSpec(
-            trial_id=plan.trial_id if run == 0 else plan.trial_id + CONFIRM_SUFFIX,
-            candidate=tp.candidate,
+            trial_id=sandbox_id or (plan.trial_id if run == 0 else plan.trial_id + CONFIRM_SUFFIX),
+            candidate=candidate or tp.candidate,
             trial_dir=tp.run_dir(run),
             profile=self.config.profile,
             limits=self.seat.limits,
-            seed=plan.seeds[run],
+            seed=plan.seeds[min(run, 1)] if seed is None else seed,
             gpu_ids=self.seat.gpu_ids,
             min_compute_share=self.config.judge.min_compute_share,
         )
@@ -873,9 +929,9 @@ class ResearchLoop:
         target = tp.starved_dir / str(n)
         target.mkdir()
         if run_dir == tp.dir:  # the first run writes into the trial folder itself, beside other runs
-            others = {tp.run_dir(i).name for i in range(1, MAX_RUNS)}
             for entry in tp.dir.iterdir():
-                if entry.name not in tp.own_files and entry.name not in others:
+                others = entry.name == tp.confirm_dir.name or RUN_FOLDER.match(entry.name)
+                if entry.name not in tp.own_files and not others:
                     shutil.move(str(entry), str(target / entry.name))
         else:
             for entry in run_dir.iterdir():
@@ -920,7 +976,11 @@ class ResearchLoop:
         return judge(state.best, state.noise, scores, plan.code_lines, self.config.judge)
 
     def _decide(
-        self, plan: TrialPlan, verdicts: Sequence[Verdict], state: JudgeState
+        self,
+        plan: TrialPlan,
+        verdicts: Sequence[Verdict],
+        state: JudgeState,
+        roles: Sequence[RunRole] = (),
     ) -> tuple[Status, Decision, str, float | None, dict[str, Any] | None]:
         """(status, decision, reason, val_bpb, judgement) for a finished trial."""
         if plan.invalid is not None:
@@ -935,12 +995,34 @@ class ResearchLoop:
         if plan.kind == "baseline":
             return Status.OK, Decision.BASELINE, "baseline run", first.val_bpb, None
         assert state.best is not None and state.noise is not None
-        ok = [v for v in verdicts if v.status is Status.OK and v.val_bpb is not None]
-        scores = [v.val_bpb for v in ok if v.val_bpb is not None]
-        failed = next((v for v in verdicts if v.status is not Status.OK), None)
-        if failed is not None:  # the confirmation run did not score: the keep is not confirmed
-            reason = f"not confirmed: the confirmation run ended {failed.status.value}: {failed.reason}"
-            return failed.status, Decision.DISCARD, reason, sum(scores) / len(scores), None
+        roles = list(roles) or [RunRole() for _ in verdicts]
+        mine = [v for v, r in zip(verdicts, roles, strict=True) if r.role == "candidate"]
+        scores = [v.val_bpb for v in mine if v.status is Status.OK and v.val_bpb is not None]
+        failed = next(
+            ((v, r) for v, r in zip(verdicts, roles, strict=True) if v.status is not Status.OK), None
+        )
+        if failed is not None:  # a confirmation run did not score: the keep is not confirmed
+            v, r = failed
+            if r.role == "best":
+                reason = f"not confirmed: the best's paired re-run ended {v.status.value}: {v.reason}"
+                return Status.OK, Decision.DISCARD, reason, sum(scores) / len(scores), None
+            reason = f"not confirmed: the confirmation run ended {v.status.value}: {v.reason}"
+            return v.status, Decision.DISCARD, reason, sum(scores) / len(scores), None
+        if len(verdicts) > 1:
+            paired_best = next((r.commit for r in roles if r.role == "best"), None) or "?"
+            if paired_best != state.best.commit:  # another worker kept something meanwhile
+                reason = (
+                    f"not confirmed in time: it was paired with {paired_best[:7]}, but the best became "
+                    f"{state.best.commit[:7]} ({state.best.trial_id}) while it ran"
+                )
+                return Status.OK, Decision.DISCARD, reason, sum(scores) / len(scores), None
+            by_pair: dict[int, dict[str, float]] = {}
+            for v, r in zip(verdicts, roles, strict=True):
+                if r.pair and v.val_bpb is not None:
+                    by_pair.setdefault(r.pair, {})[r.role] = v.val_bpb
+            pairs = [(p["candidate"], p["best"]) for _, p in sorted(by_pair.items())]
+            pj = judge_paired(state.best, state.noise, scores[0], pairs, plan.code_lines, self.config.judge)
+            return Status.OK, pj.decision, pj.reason, pj.score, pj.model_dump(mode="json")
         j = judge(state.best, state.noise, scores, plan.code_lines, self.config.judge)
         if j.action is Action.CONFIRM:  # best moved under us (another worker): judged as unconfirmed
             return (
@@ -952,9 +1034,16 @@ class ResearchLoop:
             )
         return Status.OK, j.decision, j.reason, j.score, j.model_dump(mode="json")
 
-    def _record(self, plan: TrialPlan, verdicts: Sequence[Verdict], started_at: str) -> TrialRecord:
+    def _record(
+        self,
+        plan: TrialPlan,
+        verdicts: Sequence[Verdict],
+        started_at: str,
+        roles: Sequence[RunRole] = (),
+    ) -> TrialRecord:
         tp = self.paths.trial(plan.trial_id)
-        runs = [self._run_record(tp, i, v) for i, v in enumerate(verdicts)]
+        roles = list(roles) or [RunRole() for _ in verdicts]
+        runs = [self._run_record(tp, i, v, r) for i, (v, r) in enumerate(zip(verdicts, roles, strict=True))]
         memory = [v.peak_memory_gb for v in verdicts if v.peak_memory_gb is not None]
         first = verdicts[0] if verdicts else None
         manifest: dict[str, Any] = {
@@ -975,7 +1064,7 @@ class ResearchLoop:
         with _signals_held(), self.ledger.locked():
             records = self.ledger.records()
             state = replay((r.judged() for r in records), self.config.judge)
-            status, decision, reason, val, judgement = self._decide(plan, verdicts, state)
+            status, decision, reason, val, judgement = self._decide(plan, verdicts, state, roles)
             record = TrialRecord(
                 trial_id=plan.trial_id,
                 kind=plan.kind,
@@ -1040,7 +1129,8 @@ class ResearchLoop:
             )
         return attempts
 
-    def _run_record(self, tp: TrialPaths, run: int, v: Verdict) -> RunRecord:
+    def _run_record(self, tp: TrialPaths, run: int, v: Verdict, role: RunRole | None = None) -> RunRecord:
+        role = role or RunRole()
         report = v.report or {}
         artifact = report.get("artifact_sha256")
         return RunRecord(
@@ -1061,6 +1151,9 @@ class ResearchLoop:
             artifact_sha256=artifact if isinstance(artifact, str) else None,
             compute_share=v.compute_share,
             compute=v.compute,
+            role=role.role,
+            commit=role.commit,
+            pair=role.pair,
         )
 
     @staticmethod

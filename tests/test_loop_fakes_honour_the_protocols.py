@@ -59,11 +59,13 @@ class FakeSandbox:
         infra_failures: int = 0,
         on_run: Callable[[TrialSpec], None] | None = None,
         starve: Callable[[int], bool] | None = None,
+        drift: Callable[[int], float] | None = None,
     ) -> None:
         self.noise = noise
         self.infra_failures = infra_failures  # the next N calls raise SandboxError
         self.on_run = on_run
         self.starve = starve  # starve(k): the k-th call (from 0) comes back starved
+        self.drift = drift  # drift(k): what the host adds to the k-th call's score (it sped up: < 0)
         self.calls: list[TrialSpec] = []
 
     def run_trial(self, spec: TrialSpec) -> Verdict:
@@ -80,6 +82,8 @@ class FakeSandbox:
             return self._starved(spec)
         score = float(score_match.group(1)) if score_match else 1.0
         score += self.noise * jitter(spec.seed)
+        if self.drift is not None:
+            score += self.drift(len(self.calls) - 1)
         spec.trial_dir.mkdir(parents=True, exist_ok=True)
         log = f"step 00001 loss 3.2\nval_bpb: {score / 2:.6f}\n".encode()  # a forged claim, never trusted
         (spec.trial_dir / TRAIN_LOG_FILE).write_bytes(log)
