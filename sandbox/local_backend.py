@@ -12,6 +12,8 @@ Docker backend's contract step for step: the same environment variables (built f
 inherited), a data view with only train/ and tokenizer/, the same clock (SIGTERM to the candidate at
 the budget, SIGKILL to its process group after the grace), the same capped logs, the same
 `python -m sandbox.evaluate` command line, the same classification functions and the same verdict file.
+It measures what TRAIN got of its CPUs the same way too (sandbox/compute.py, over the process tree of
+the candidate, on the CPUs of its affinity), so a starved trial is `starved` here as well.
 """
 
 from __future__ import annotations

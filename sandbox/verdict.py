@@ -4,7 +4,8 @@ Statuses are values, infrastructure failures are exceptions: `classify` turns wh
 the TRAIN container, and the evaluator's report, into exactly one `Status`; anything that is not the
 candidate's doing (engine down, image missing, evaluator unable to start) is a `SandboxError` and
 never becomes a verdict. Both backends share `classify`, so they cannot disagree on what a given
-outcome means.
+outcome means. `classify_starved` comes first: a TRAIN the host denied its compute (sandbox/compute.py)
+is `starved`, a status about the host that the loop re-runs and never judges.
 """
 
 from __future__ import annotations
