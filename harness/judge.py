@@ -38,6 +38,9 @@ The rules, deliberately conservative because nobody watches the run:
   whatever the host did between the baseline and the confirmation (the drift cancels in d). The
   screen makes it smaller still (about `a * Phi(-noise_k)`). With df = 0 (a single baseline run
   and no confirmation yet) there is no estimate and `min_delta` alone applies: no rate is stated.
+- **A best that moved on** (several workers): pairs that ran against an older best are carried to
+  the current one through the keeps in between, each by its own paired difference to its
+  predecessor (`judge_paired(via=...)`); the variances add up, so the threshold widens.
 - **Without `confirm_keeps`** one run decides: the screening rule is the keep rule.
 """
 
@@ -278,7 +281,8 @@ class Judgement(BaseModel):
     reason: str
     # Set by the paired confirmation (`judge_paired`): (candidate, best) per pair, and the test's numbers.
     pairs: list[tuple[float, float]] = Field(default_factory=list)
-    best_commit: str | None = None
+    best_commit: str | None = None  # the best it was judged against (mean_diff is against it)
+    paired_with: str | None = None  # the commit its pairs ran against (the best when they ran)
     mean_diff: float | None = None
     paired_threshold: float | None = None
     df: int | None = None
@@ -352,12 +356,16 @@ def judge(
     )
 
 
-def paired_threshold(noise: NoiseFloor, pairs: int, settings: JudgeSettings) -> float:
-    """How far below the best the mean paired difference must be: max(t * s * sqrt(2/m), min_delta)."""
+def paired_threshold(
+    noise: NoiseFloor, pairs: int, settings: JudgeSettings, via: Sequence[tuple[float, int]] = ()
+) -> float:
+    """How far below the best the mean paired difference must be: max(t * s * sqrt(2/m), min_delta),
+    with `2/m_k` more under the root for each keep in `via` (see `judge_paired`)."""
     if noise.df < 1 or noise.std <= 0:
         return settings.min_delta
     t = t_quantile(1.0 - settings.false_keep_rate, noise.df)
-    return max(t * noise.std * math.sqrt(2.0 / pairs), settings.min_delta)
+    spread = 2.0 / pairs + sum(2.0 / m for _, m in via)
+    return max(t * noise.std * math.sqrt(spread), settings.min_delta)
 
 
 def judge_paired(
@@ -367,13 +375,22 @@ def judge_paired(
     pairs: Sequence[tuple[float, float]],
     lines: int,
     settings: JudgeSettings,
+    *,
+    paired_with: str | None = None,
+    via: Sequence[tuple[float, int]] = (),
 ) -> Judgement:
-    """Judge a would-be keep on its paired runs: (candidate, best) val_bpb, run back to back."""
+    """Judge a would-be keep on its paired runs: (candidate, best) val_bpb, run back to back.
+
+    `paired_with`: the commit the pairs ran against, when the best moved on while they ran (another
+    worker's keeps); `via` then holds, for each keep from that commit to `best`, its own mean paired
+    difference against its predecessor and its number of pairs. Each is drift-free, so the candidate's
+    difference to the current best is `mean(d) - sum(via)`, with variance `2 s^2 (1/m + sum 1/m_k)`.
+    """
     if not pairs:
         raise ValueError("judge_paired() needs at least one (candidate, best) pair")
     diffs = [c - b for c, b in pairs]
-    mean_d = statistics.fmean(diffs)
-    thr = paired_threshold(noise, len(pairs), settings)
+    mean_d = statistics.fmean(diffs) - sum(d for d, _ in via)
+    thr = paired_threshold(noise, len(pairs), settings, via)
     runs = [first, *(c for c, _ in pairs)]
     rate = settings.false_keep_rate if noise.df >= 1 and noise.std > 0 else None
     test = (
@@ -386,6 +403,12 @@ def judge_paired(
         f"paired with the best {best.commit[:7]} over {len(pairs)} pair(s): candidate - best "
         f"{mean_d:+.6f} on average ({', '.join(f'{d:+.6f}' for d in diffs)})"
     )
+    if via:
+        paired = (
+            f"paired with {(paired_with or '?')[:7]} over {len(pairs)} pair(s) "
+            f"({', '.join(f'{d:+.6f}' for d in diffs)}), then through the {len(via)} keep(s) that landed "
+            f"meanwhile ({', '.join(f'{d:+.6f}' for d, _ in via)}): candidate - best {best.commit[:7]} {mean_d:+.6f}"
+        )
     if mean_d < -thr:
         kind, action = Kind.IMPROVEMENT, Action.KEEP
         why = f"{kind}: {paired}, beyond -{thr:.6f} ({test})"
@@ -412,6 +435,7 @@ def judge_paired(
         reason=why,
         pairs=[(c, b) for c, b in pairs],
         best_commit=best.commit,
+        paired_with=paired_with or best.commit,
         mean_diff=mean_d,
         paired_threshold=thr,
         df=noise.df,

@@ -339,6 +339,22 @@ def _file_log(path: Path, *, thread_only: bool) -> Iterator[None]:
         handler.close()
 
 
+def keeps_between(records: Sequence[TrialRecord], start: str, end: str) -> list[tuple[float, int]] | None:
+    """The keeps that moved the best from commit `start` to `end`, oldest first, each as (its mean
+    paired difference against its predecessor, its pairs); None when one was not judged on pairs."""
+    kept = {r.candidate_commit: r for r in records if r.decision is Decision.KEEP}
+    chain: list[tuple[float, int]] = []
+    commit = end
+    while commit != start:
+        record = kept.get(commit)
+        j = record.judge if record is not None else None
+        if not j or j.get("mean_diff") is None or not j.get("best_commit") or len(chain) > len(records):
+            return None
+        chain.append((float(j["mean_diff"]), len(j.get("pairs") or []) or 1))
+        commit = str(j["best_commit"])
+    return chain[::-1]
+
+
 # --------------------------------------------------------------------------- the loop
 
 
@@ -981,6 +997,7 @@ class ResearchLoop:
         verdicts: Sequence[Verdict],
         state: JudgeState,
         roles: Sequence[RunRole] = (),
+        records: Sequence[TrialRecord] = (),
     ) -> tuple[Status, Decision, str, float | None, dict[str, Any] | None]:
         """(status, decision, reason, val_bpb, judgement) for a finished trial."""
         if plan.invalid is not None:
@@ -1010,7 +1027,8 @@ class ResearchLoop:
             return v.status, Decision.DISCARD, reason, sum(scores) / len(scores), None
         if len(verdicts) > 1:
             paired_best = next((r.commit for r in roles if r.role == "best"), None) or "?"
-            if paired_best != state.best.commit:  # another worker kept something meanwhile
+            via = keeps_between(records, paired_best, state.best.commit)
+            if via is None:  # the best moved on by a keep with no paired judgement to chain through
                 reason = (
                     f"not confirmed in time: it was paired with {paired_best[:7]}, but the best became "
                     f"{state.best.commit[:7]} ({state.best.trial_id}) while it ran"
@@ -1021,7 +1039,16 @@ class ResearchLoop:
                 if r.pair and v.val_bpb is not None:
                     by_pair.setdefault(r.pair, {})[r.role] = v.val_bpb
             pairs = [(p["candidate"], p["best"]) for _, p in sorted(by_pair.items())]
-            pj = judge_paired(state.best, state.noise, scores[0], pairs, plan.code_lines, self.config.judge)
+            pj = judge_paired(
+                state.best,
+                state.noise,
+                scores[0],
+                pairs,
+                plan.code_lines,
+                self.config.judge,
+                paired_with=paired_best,
+                via=via,
+            )
             return Status.OK, pj.decision, pj.reason, pj.score, pj.model_dump(mode="json")
         j = judge(state.best, state.noise, scores, plan.code_lines, self.config.judge)
         if j.action is Action.CONFIRM:  # best moved under us (another worker): judged as unconfirmed
@@ -1064,7 +1091,7 @@ class ResearchLoop:
         with _signals_held(), self.ledger.locked():
             records = self.ledger.records()
             state = replay((r.judged() for r in records), self.config.judge)
-            status, decision, reason, val, judgement = self._decide(plan, verdicts, state, roles)
+            status, decision, reason, val, judgement = self._decide(plan, verdicts, state, roles, records)
             record = TrialRecord(
                 trial_id=plan.trial_id,
                 kind=plan.kind,

@@ -170,3 +170,20 @@ def test_a_paired_confirmation_cancels_a_host_that_sped_up(tmp_path: Path) -> No
     assert statistics.fmean(r.val_bpb or 0 for r in gain.runs if r.role == "candidate") == pytest.approx(
         gain.val_bpb or 0
     )
+
+
+def test_a_keep_paired_with_an_older_best_is_judged_through_the_keeps_since() -> None:
+    """Another worker kept B (paired against the root, -0.10) while A's pairs ran against the root."""
+    noise = pooled_noise([[1.0, 1.01, 0.99]], baseline=[1.0, 1.01, 0.99], noise_k=1.0, min_delta=0.0)
+    b = Best(trial_id="B", commit="b" * 40, val_bpb=0.90, code_lines=100)
+    settings = SETTINGS
+    a = judge_paired(
+        b, noise, 0.85, [(0.87, 1.0), (0.87, 1.0)], 100, settings, paired_with="r" * 40, via=[(-0.10, 2)]
+    )
+    assert a.mean_diff == pytest.approx(-0.03)  # A - root = -0.13; B - root = -0.10
+    assert a.paired_threshold == pytest.approx(t_quantile(0.95, 2) * noise.std * math.sqrt(2 / 2 + 2 / 2))
+    assert a.decision is Decision.DISCARD  # 0.03 is within the combined noise of both pairs (0.041)
+    alone = judge_paired(b, noise, 0.85, [(0.87, 1.0), (0.87, 1.0)], 100, settings)
+    assert alone.decision is Decision.KEEP  # the same pairs read as if against B would have kept it
+    assert a.best_commit == "b" * 40 and a.paired_with == "r" * 40
+    assert "through the 1 keep(s)" in a.reason

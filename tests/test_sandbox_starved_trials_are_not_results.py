@@ -128,7 +128,7 @@ def test_trial_cli_on_the_engine_is_starved_under_hogs_and_ok_when_quiet(
     quiet = trial("quiet")
     assert quiet["status"] == "ok", quiet["reason"]
     assert isinstance(quiet["compute_share"], float) and quiet["compute_share"] >= 0.85
-    with hogs(cpus, 2 * len(cpus)):
+    with hogs(cpus, 2 * len(cpus), seconds=600):
         busy = trial("busy")
     assert busy["status"] == "starved", busy["reason"]
     assert busy["val_bpb"] is None
