@@ -352,15 +352,15 @@ def source_for_pid(
         return "the engine reported no pid (the container was not running)"
     if not (proc / str(pid)).is_dir():
         return f"pid {pid} is not visible here (is the controller in another pid namespace?)"
+    if container_id is None:
+        return ProcessTree(pid, proc)
+    try:
+        membership = (proc / str(pid) / "cgroup").read_text(encoding="utf-8")
+    except OSError as exc:
+        return f"cannot read the cgroups of pid {pid}: {exc}"
+    if container_id not in membership:
+        return f"pid {pid} here is not the container's (is the controller in another pid namespace?)"
     group = cgroup_dir(pid, proc)
-    if container_id is not None:
-        if group is None or container_id not in str(group):
-            try:
-                membership = (proc / str(pid) / "cgroup").read_text(encoding="utf-8")
-            except OSError:
-                membership = ""
-            if container_id not in membership:
-                return f"pid {pid} here is not the container's (is the controller in another pid namespace?)"
-    if group is not None and container_id is not None:
+    if group is not None and container_id in str(group):
         return CgroupTasks(group, proc)
-    return ProcessTree(pid, proc)
+    return ProcessTree(pid, proc)  # the container's, but its cpu cgroup is not its own: its process tree

@@ -16,10 +16,12 @@ import sys
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
 from sandbox.compute import (
+    MIN_DEMAND_S,
     ComputeMeter,
     ComputeReport,
     ProcessTree,
@@ -181,7 +183,9 @@ def test_a_sleeping_process_accumulates_no_wait() -> None:
     with process("import time\nfor _ in range(100): time.sleep(0.05)\n") as sleeper:
         report = measure(sleeper, cpus=len(os.sched_getaffinity(0)), seconds=1.5)
     assert report.samples >= 5
-    assert report.wait_s < 0.2 and report.share is not None and report.share >= 0.85
+    # Asleep, it is never runnable for long: a few wake-ups may queue on a busy host, but the demand
+    # stays far below what the share is judged on, so it is never starved.
+    assert report.wait_s < 0.2 and report.demand_s < MIN_DEMAND_S
     assert not report.starved(0.85)
 
 
@@ -213,3 +217,45 @@ def test_the_cgroup_found_for_a_pid_lists_that_pid() -> None:
         pytest.skip("no cgroup with the cpu controller is mounted here")
     tasks = group / ("cgroup.threads" if (group / "cgroup.threads").exists() else "tasks")
     assert str(os.getpid()) in tasks.read_text(encoding="ascii").split()
+
+
+CONTAINER = "3f4e" * 16  # a container id as the engine reports it
+
+
+def fake_host(tmp_path: Path, *, v2: bool) -> Path:
+    """A /proc and a cgroup tree as a Docker host shows them for one container (pid 4242, threads 4242
+    and 4243), on cgroup v1 (cpu,cpuacct controller) or v2 (unified, systemd driver)."""
+    proc, root = tmp_path / "proc", tmp_path / "sys-fs-cgroup"
+    if v2:
+        group = root / "system.slice" / f"docker-{CONTAINER}.scope"
+        mount = f"35 24 0:30 / {root} rw - cgroup2 cgroup2 rw\n"
+        membership = f"0::/system.slice/docker-{CONTAINER}.scope\n"
+        (group).mkdir(parents=True)
+        (group / "cgroup.threads").write_text("4242\n4243\n")
+        (group / "cpu.stat").write_text("usage_usec 9\nnr_periods 5\nnr_throttled 2\nthrottled_usec 250000\n")
+    else:
+        group = root / "docker" / CONTAINER
+        mount = f"32 31 0:29 / {root} rw,relatime - cgroup cgroup rw,cpu,cpuacct\n"
+        membership = f"11:memory:/docker/{CONTAINER}\n4:cpu,cpuacct:/docker/{CONTAINER}\n0::/\n"
+        group.mkdir(parents=True)
+        (group / "tasks").write_text("4242\n4243\n")
+        (group / "cpu.stat").write_text("nr_periods 5\nnr_throttled 2\nthrottled_time 250000000\n")
+    (proc / "self").mkdir(parents=True)
+    (proc / "self" / "mountinfo").write_text("22 1 8:1 / / rw - ext4 /dev/sda1 rw\n" + mount)
+    for tid, line in ((4242, "2000000000 500000000 10\n"), (4243, "1000000000 0 3\n")):
+        (proc / str(tid)).mkdir()
+        (proc / str(tid) / "schedstat").write_text(line)
+    (proc / "4242" / "cgroup").write_text(membership)
+    return proc
+
+
+@pytest.mark.parametrize("v2", [False, True], ids=["cgroup-v1", "cgroup-v2"])
+def test_a_containers_tasks_and_throttling_are_read_from_its_own_cgroup(tmp_path: Path, v2: bool) -> None:
+    proc = fake_host(tmp_path, v2=v2)
+    source = source_for_pid(4242, container_id=CONTAINER, proc=proc)
+    assert not isinstance(source, str), source
+    assert CONTAINER in source.how
+    assert dict(source.schedstats()) == {4242: (2 * S, S // 2), 4243: (S, 0)}
+    assert source.throttling() == (2, 0.25)
+    assert isinstance(source_for_pid(4242, container_id="someone-else", proc=proc), str)
+    assert isinstance(source_for_pid(777, container_id=CONTAINER, proc=proc), str)  # not visible here
