@@ -74,7 +74,7 @@ def test_a_trial_sharing_its_cpu_with_two_hogs_is_starved(
     make_spec: MakeSpec, fake_data: Path, tmp_path: Path
 ) -> None:
     cpu = {min(os.sched_getaffinity(0))}
-    spec = make_spec(spinner(tmp_path), time_budget_s=20)
+    spec = make_spec(spinner(tmp_path), time_budget_s=20, min_compute_share=0.85)
     with pinned(cpu), hogs(cpu, 2):
         verdict = LocalSandbox(data_dir=fake_data).run_trial(spec)
     assert verdict.status is Status.STARVED
@@ -90,7 +90,7 @@ def test_a_trial_sharing_its_cpu_with_two_hogs_is_starved(
 def test_the_same_trial_on_its_own_cpu_is_judged_on_its_merits(
     make_spec: MakeSpec, fake_data: Path, tmp_path: Path
 ) -> None:
-    spec = make_spec(spinner(tmp_path), time_budget_s=20)
+    spec = make_spec(spinner(tmp_path), time_budget_s=20, min_compute_share=0.85)
     verdict = LocalSandbox(data_dir=fake_data).run_trial(spec)
     # The shared 2-core test host may be busy: what must hold is that the verdict is the candidate's
     # own (crash: no model.pt2) whenever the share was at least the minimum.
