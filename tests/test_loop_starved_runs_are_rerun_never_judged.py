@@ -11,13 +11,14 @@ in the trial folder under starved/<n>/ and the trial's row lists them, so nothin
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from harness.agents.fake import ScriptedAgent
 from harness.config import RetrySettings
-from harness.ledger import Ledger
+from harness.ledger import Ledger, TrialRecord
 from harness.loop import HostStarved, ResearchLoop
 from harness.results import ResultsFile
 from sandbox.constants import VERDICT_FILE, Decision, Status
@@ -79,3 +80,22 @@ def test_too_many_starved_runs_pause_the_run_and_the_next_start_resumes_the_tria
     assert len(records[0].starved) == RETRIES.starved_attempts * (RETRIES.trial_starts + 1)
     assert not list((config.run_dir / "trials").glob("*.abandoned*"))
     assert [r.decision for r in records] == [Decision.BASELINE, Decision.BASELINE, Decision.DISCARD]
+
+
+def test_a_host_loaded_for_part_of_a_20_trial_run_changes_no_decision(tmp_path: Path) -> None:
+    """The same 20 proposals on a quiet host and on one that starves every run for a stretch (calls
+    10 to 17) and now and then: the same decisions and scores, the starved runs only in `starved`."""
+    scores = [1.2, 0.97, 1.1, 0.9, 1.3, 0.95, 0.88, 1.0, 0.92, 0.85] * 2
+
+    def run(folder: Path, starve: Callable[[int], bool] | None) -> list[TrialRecord]:
+        config = run_config(folder, max_trials=20, retries=RETRIES)
+        agent = ScriptedAgent([edit(lambda t, s=s: with_score(t, s), f"score {s}") for s in scores])
+        ResearchLoop(config, FakeSandbox(noise=0.002, starve=starve), agent, sleep=Sleeps()).run()
+        return Ledger(config.run_dir / "ledger.jsonl").records()
+
+    quiet = run(tmp_path / "quiet", None)
+    loaded = run(tmp_path / "loaded", lambda k: 10 <= k < 12 or 20 <= k < 22 or k % 7 == 3)
+    assert [(r.decision, r.val_bpb) for r in loaded] == [(r.decision, r.val_bpb) for r in quiet]
+    assert sum(len(r.starved) for r in loaded) >= 6 and not any(r.starved for r in quiet)
+    assert all(run.status is not Status.STARVED for r in loaded for run in r.runs)
+    assert [r.status for r in loaded] == [r.status for r in quiet]  # no starved run became a crash either
