@@ -10,6 +10,9 @@ fresh machine. Example:
     max_trials = 20
     [judge]
     baseline_repeats = 3
+    confirm_pairs = 2           # harness/judge.py: paired confirmation of a would-be keep
+    false_keep_rate = 0.05
+    min_compute_share = 0.85    # sandbox/compute.py: below it a run is `starved`, re-run
     [limits]
     mem_limit_mb = 2048
     [agent_settings]
@@ -81,6 +84,12 @@ class RetrySettings(BaseModel):
     )
     invalid_streak: int = Field(
         default=20, ge=1, description="proposals in a row that do not parse or change nothing before stopping"
+    )
+    starved_attempts: int = Field(
+        default=5, ge=1, le=50, description="starved runs of one trial in a row before the run pauses"
+    )
+    starved_backoff_s: float = Field(
+        default=30.0, ge=0, description="wait after a starved run; doubles per attempt, at most 10 minutes"
     )
 
 
@@ -395,6 +404,16 @@ class TrialPaths:
     def interrupted_dir(self) -> Path:
         return self.dir / "interrupted"
 
+    @property
+    def paired_best(self) -> Path:
+        """The best's train.py, as the paired confirmation runs it beside the candidate."""
+        return self.dir / "best.train.py"
+
+    @property
+    def starved_dir(self) -> Path:
+        """Runs the host starved (sandbox/compute.py), kept as they were, one folder per attempt."""
+        return self.dir / "starved"
+
     def run_dir(self, run: int) -> Path:
         """Where the sandbox writes run `run`: the trial folder itself, the confirmation beside it."""
         return self.dir if run == 0 else self.confirm_dir if run == 1 else self.dir / f"run-{run}"
@@ -411,8 +430,9 @@ class TrialPaths:
                 self.manifest,
                 self.controller_log,
                 self.starts,
+                self.paired_best,
             )
-        ) | {self.interrupted_dir.name}
+        ) | {self.interrupted_dir.name, self.starved_dir.name}
 
 
 @dataclass(frozen=True)

@@ -1,32 +1,55 @@
 """The judge: the harness, not the agent, decides whether a candidate is kept.
 
 Pure functions over numbers plus one small frozen state model, so every rule is unit-testable and a
-resumed run can rebuild the state from the ledger alone.
+resumed run can rebuild the state from the ledger alone (`replay`).
 
 The rules, deliberately conservative because nobody watches the run:
 
-- **Noise floor.** The starting train.py is run `baseline_repeats` times with different seeds. The
-  threshold is `max(noise_k * std, min_delta)`, where std is the sample standard deviation of those
-  val_bpb values (with one baseline run there is no estimate and `min_delta` alone applies).
+- **Noise, pooled.** The run-to-run noise of one train.py is estimated from every repeated
+  measurement the run has: the baseline runs (the starting train.py, different seeds), and each
+  paired confirmation's runs of the candidate and of the best. Runs are grouped by the commit that
+  ran, and the pooled standard deviation is `s = sqrt(sum_g sum_i (x_gi - mean_g)^2 / df)` with
+  `df = sum_g (n_g - 1)`. It starts with `baseline_repeats - 1` degrees of freedom and gains more with
+  every confirmation, so the threshold stops resting on three baseline runs.
 - **The bar.** It starts at the mean of the baseline runs (comparing against the luckiest run would
   make the baseline itself unbeatable half the time). After a keep it becomes
   `min(bar, score of the kept candidate)`: the bar never rises, so a chain of "equal but shorter"
   keeps cannot drift the score upwards a threshold at a time.
-- **Improvement.** A candidate is an improvement when its *worst* run beats the bar by more than
-  the threshold: `worst < bar - threshold`.
-- **Confirmation.** With `confirm_keeps`, a would-be keep is run again with another seed before it
-  is accepted, and the rule above is applied to the worse of the two runs (not their mean): both
-  runs must clear the bar on their own, so a single lucky seed is never enough. The recorded score
-  is the mean of the runs, the best estimate of the candidate's value.
-- **Ties favour the shorter file.** Within the noise (`worst <= bar + threshold`), a train.py with
-  fewer code lines (non-blank, non-comment) than the current best is kept as a simplification;
-  it is confirmed like any other keep.
+- **Screening.** A candidate's first run is a would-be improvement when it beats the bar by more than
+  `max(noise_k * s, min_delta)`; a would-be simplification when it is within that of the bar and
+  has fewer code lines (non-blank, non-comment) than the best. Anything else is discarded on one run.
+- **Paired confirmation (drift-proof).** A would-be keep is run again, `confirm_pairs` times, each
+  time the candidate AND the current best back to back with the same seed (in alternating order:
+  candidate first, then best first, ...), so that a host that got faster or slower between the
+  baseline and now moves both runs of a pair alike and cancels out of their difference
+  `d_j = candidate_j - best_j`. It is kept as an improvement when
+
+      mean(d) < -max(t_{1-a, df} * s * sqrt(2 / m), min_delta)
+
+  (m pairs, `a` = `false_keep_rate`, `t` Student's t quantile with the pooled df; a difference of
+  two runs has variance 2 s^2), and as a simplification when it is shorter and
+  `mean(d) <= max(t_{1-a, df} * s * sqrt(2 / m), min_delta)` (not detectably worse).
+- **False-keep rate.** For a candidate no better than the best (a no-op edit), with run noise
+  Gaussian of one standard deviation for both, `T = mean(d) / (s * sqrt(2/m))` follows Student's t
+  with df degrees of freedom (s comes from earlier, independent measurements), so
+
+      P(kept as an improvement) = P(screened in and T < -t_{1-a, df}) <= P(T < -t_{1-a, df}) = a
+
+  whatever the host did between the baseline and the confirmation (the drift cancels in d). The
+  screen makes it smaller still (about `a * Phi(-noise_k)`). With df = 0 (a single baseline run
+  and no confirmation yet) there is no estimate and `min_delta` alone applies: no rate is stated.
+- **A best that moved on** (several workers): pairs that ran against an older best are carried to
+  the current one through the keeps in between, each by its own paired difference to its
+  predecessor (`judge_paired(via=...)`); the variances add up, so the threshold widens.
+- **Without `confirm_keeps`** one run decides: the screening rule is the keep rule.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
+import math
 import statistics
 import tokenize
 from collections.abc import Iterable, Sequence
@@ -45,37 +68,149 @@ class JudgeSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     baseline_repeats: int = Field(default=3, ge=1, le=100, description="baseline runs for the noise estimate")
-    noise_k: float = Field(default=2.0, ge=0, description="threshold = max(noise_k * std, min_delta)")
+    noise_k: float = Field(
+        default=1.0,
+        ge=0,
+        description="screening: a first run must beat the bar by max(noise_k * s, min_delta)",
+    )
     min_delta: float = Field(default=0.0005, ge=0, description="the smallest gain ever counted, in val_bpb")
-    confirm_keeps: bool = Field(default=True, description="re-run a would-be keep with another seed")
+    confirm_keeps: bool = Field(
+        default=True, description="confirm a would-be keep with paired runs of it and the best"
+    )
+    confirm_pairs: int = Field(
+        default=2, ge=1, le=20, description="pairs (candidate, best) run back to back to confirm a keep"
+    )
+    false_keep_rate: float = Field(
+        default=0.05,
+        gt=0,
+        lt=0.5,
+        description="the paired test's chance of keeping a candidate no better than the best",
+    )
+    min_compute_share: float = Field(
+        default=0.85,
+        ge=0,
+        le=1,
+        description="a run whose TRAIN got less of its CPUs is `starved`: re-run, never judged (0: off)",
+    )
 
     @property
     def runs_for_keep(self) -> int:
-        return 2 if self.confirm_keeps else 1
+        """Runs of the candidate a keep takes: the first, plus one per confirmation pair."""
+        return 1 + self.confirm_pairs if self.confirm_keeps else 1
 
 
 class NoiseFloor(BaseModel):
-    """What the baseline runs say about run-to-run noise."""
+    """Run-to-run noise: the baseline's mean, and the pooled standard deviation of every repeated run."""
 
     model_config = ConfigDict(frozen=True)
 
-    n: int
-    mean: float
-    std: float
-    threshold: float
+    n: int  # baseline runs
+    mean: float  # their mean
+    std: float  # pooled standard deviation of one run (see the module docstring)
+    threshold: float  # the screening threshold, max(noise_k * std, min_delta)
+    df: int = 0  # degrees of freedom of `std`
+    runs: int = 0  # measurements pooled (0: the baseline runs only)
 
 
 def noise_floor(values: Sequence[float], *, noise_k: float, min_delta: float) -> NoiseFloor:
     """The noise floor from repeated runs of one train.py with different seeds."""
     if not values:
         raise ValueError("the noise floor needs at least one baseline run")
-    std = statistics.stdev(values) if len(values) >= 2 else 0.0
+    return pooled_noise([values], baseline=values, noise_k=noise_k, min_delta=min_delta)
+
+
+def pooled_noise(
+    groups: Iterable[Sequence[float]], *, baseline: Sequence[float], noise_k: float, min_delta: float
+) -> NoiseFloor:
+    """The pooled noise of groups of repeated runs (each group: one train.py), with the baseline's mean."""
+    if not baseline:
+        raise ValueError("the noise floor needs at least one baseline run")
+    squares, df, runs = 0.0, 0, 0
+    for values in groups:
+        if len(values) >= 2:
+            mean = statistics.fmean(values)
+            squares += sum((v - mean) ** 2 for v in values)
+            df += len(values) - 1
+        runs += len(values)
+    std = math.sqrt(squares / df) if df else 0.0
     return NoiseFloor(
-        n=len(values),
-        mean=statistics.fmean(values),
+        n=len(baseline),
+        mean=statistics.fmean(baseline),
         std=std,
         threshold=max(noise_k * std, min_delta),
+        df=df,
+        runs=runs,
     )
+
+
+# --------------------------------------------------------------------------- Student's t
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """The continued fraction of the regularized incomplete beta function (Lentz's method)."""
+    tiny, qab, qap, qam = 1e-300, a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 300):
+        m2 = 2 * m
+        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        h *= d * c
+        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        delta = d * c
+        h *= delta
+        if abs(delta - 1.0) < 1e-14:
+            break
+    return h
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """The regularized incomplete beta function I_x(a, b)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    front = math.exp(
+        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    )
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _betacf(a, b, x) / a
+    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
+
+
+def t_cdf(t: float, df: int) -> float:
+    """P(T <= t) for Student's t with `df` degrees of freedom."""
+    tail = 0.5 * _betainc(df / 2.0, 0.5, df / (df + t * t))
+    return 1.0 - tail if t > 0 else tail
+
+
+@functools.lru_cache(maxsize=1024)
+def t_quantile(p: float, df: int) -> float:
+    """The `p` quantile of Student's t with `df` >= 1 degrees of freedom (bisection on `t_cdf`)."""
+    if not 0.0 < p < 1.0 or df < 1:
+        raise ValueError(f"t_quantile needs 0 < p < 1 and df >= 1 (got p={p}, df={df})")
+    if p < 0.5:
+        return -t_quantile(1.0 - p, df)
+    lo, hi = 0.0, 1.0
+    while t_cdf(hi, df) < p:
+        hi *= 2.0
+    for _ in range(200):
+        mid = (lo + hi) / 2.0
+        if t_cdf(mid, df) < p:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-12 * max(1.0, hi):
+            break
+    return (lo + hi) / 2.0
 
 
 _NON_CODE = frozenset(
@@ -144,6 +279,14 @@ class Judgement(BaseModel):
     code_lines: int
     best_code_lines: int
     reason: str
+    # Set by the paired confirmation (`judge_paired`): (candidate, best) per pair, and the test's numbers.
+    pairs: list[tuple[float, float]] = Field(default_factory=list)
+    best_commit: str | None = None  # the best it was judged against (mean_diff is against it)
+    paired_with: str | None = None  # the commit its pairs ran against (the best when they ran)
+    mean_diff: float | None = None
+    paired_threshold: float | None = None
+    df: int | None = None
+    false_keep_rate: float | None = None
 
     @property
     def decision(self) -> Decision:
@@ -195,7 +338,8 @@ def judge(
             reason=why,
         )
     if len(scores) < settings.runs_for_keep:
-        action, why = Action.CONFIRM, f"would keep ({kind}): {why}; confirming with another seed"
+        action = Action.CONFIRM
+        why = f"would keep ({kind}): {why}; confirming with {settings.confirm_pairs} pair(s) of runs of it and the best"
     else:
         action = Action.KEEP
         why = f"{kind}: {why}"
@@ -212,12 +356,103 @@ def judge(
     )
 
 
+def paired_threshold(
+    noise: NoiseFloor, pairs: int, settings: JudgeSettings, via: Sequence[tuple[float, int]] = ()
+) -> float:
+    """How far below the best the mean paired difference must be: max(t * s * sqrt(2/m), min_delta),
+    with `2/m_k` more under the root for each keep in `via` (see `judge_paired`)."""
+    if noise.df < 1 or noise.std <= 0:
+        return settings.min_delta
+    t = t_quantile(1.0 - settings.false_keep_rate, noise.df)
+    spread = 2.0 / pairs + sum(2.0 / m for _, m in via)
+    return max(t * noise.std * math.sqrt(spread), settings.min_delta)
+
+
+def judge_paired(
+    best: Best,
+    noise: NoiseFloor,
+    first: float,
+    pairs: Sequence[tuple[float, float]],
+    lines: int,
+    settings: JudgeSettings,
+    *,
+    paired_with: str | None = None,
+    via: Sequence[tuple[float, int]] = (),
+) -> Judgement:
+    """Judge a would-be keep on its paired runs: (candidate, best) val_bpb, run back to back.
+
+    `paired_with`: the commit the pairs ran against, when the best moved on while they ran (another
+    worker's keeps); `via` then holds, for each keep from that commit to `best`, its own mean paired
+    difference against its predecessor and its number of pairs. Each is drift-free, so the candidate's
+    difference to the current best is `mean(d) - sum(via)`, with variance `2 s^2 (1/m + sum 1/m_k)`.
+    """
+    if not pairs:
+        raise ValueError("judge_paired() needs at least one (candidate, best) pair")
+    diffs = [c - b for c, b in pairs]
+    mean_d = statistics.fmean(diffs) - sum(d for d, _ in via)
+    thr = paired_threshold(noise, len(pairs), settings, via)
+    runs = [first, *(c for c, _ in pairs)]
+    rate = settings.false_keep_rate if noise.df >= 1 and noise.std > 0 else None
+    test = (
+        f"t({1 - settings.false_keep_rate:g}, df {noise.df}) x s {noise.std:.6f} x sqrt(2/{len(pairs)}), "
+        f"false-keep rate {settings.false_keep_rate:g}"
+        if rate is not None
+        else "min_delta: no noise estimate yet, no false-keep rate"
+    )
+    paired = (
+        f"paired with the best {best.commit[:7]} over {len(pairs)} pair(s): candidate - best "
+        f"{mean_d:+.6f} on average ({', '.join(f'{d:+.6f}' for d in diffs)})"
+    )
+    if via:
+        paired = (
+            f"paired with {(paired_with or '?')[:7]} over {len(pairs)} pair(s) "
+            f"({', '.join(f'{d:+.6f}' for d in diffs)}), then through the {len(via)} keep(s) that landed "
+            f"meanwhile ({', '.join(f'{d:+.6f}' for d, _ in via)}): candidate - best {best.commit[:7]} {mean_d:+.6f}"
+        )
+    if mean_d < -thr:
+        kind, action = Kind.IMPROVEMENT, Action.KEEP
+        why = f"{kind}: {paired}, beyond -{thr:.6f} ({test})"
+    elif mean_d <= thr and lines < best.code_lines:
+        kind, action = Kind.SIMPLIFICATION, Action.KEEP
+        why = (
+            f"{kind}: {paired}, not detectably worse (within {thr:.6f}, {test}) "
+            f"and shorter: {lines} code lines against {best.code_lines}"
+        )
+    else:
+        kind, action = Kind.NO_GAIN, Action.DISCARD
+        why = f"not confirmed: {paired}, not beyond -{thr:.6f} ({test})"
+        if lines < best.code_lines:
+            why += f"; shorter ({lines} lines) but detectably worse than {thr:+.6f}"
+    return Judgement(
+        action=action,
+        kind=kind,
+        score=statistics.fmean(runs),
+        worst=max(runs),
+        bar=best.val_bpb,
+        threshold=noise.threshold,
+        code_lines=lines,
+        best_code_lines=best.code_lines,
+        reason=why,
+        pairs=[(c, b) for c, b in pairs],
+        best_commit=best.commit,
+        paired_with=paired_with or best.commit,
+        mean_diff=mean_d,
+        paired_threshold=thr,
+        df=noise.df,
+        false_keep_rate=rate,
+    )
+
+
+Measurement = tuple[str, float]  # (the commit that ran, its val_bpb)
+
+
 class JudgeState(BaseModel):
     """Everything the judge remembers between trials; rebuilt from the ledger on resume."""
 
     model_config = ConfigDict(frozen=True)
 
     baseline_scores: tuple[float, ...] = ()
+    groups: tuple[tuple[str, tuple[float, ...]], ...] = ()  # every ok run, by the commit that ran
     noise: NoiseFloor | None = None
     best: Best | None = None
 
@@ -233,9 +468,32 @@ class JudgeState(BaseModel):
         if self.ready:
             raise ValueError("the baseline is already complete")
         scores = (*self.baseline_scores, score)
+        grown = self.with_measurements([(commit, score)], settings)
         if len(scores) < settings.baseline_repeats:
-            return self.model_copy(update={"baseline_scores": scores})
-        return self._closed(scores, trial_id=trial_id, commit=commit, lines=lines, settings=settings)
+            return grown.model_copy(update={"baseline_scores": scores})
+        return grown._closed(scores, trial_id=trial_id, commit=commit, lines=lines, settings=settings)
+
+    def with_measurements(self, measurements: Iterable[Measurement], settings: JudgeSettings) -> JudgeState:
+        """Pool more runs into the noise estimate (the baseline's mean and the bar do not move)."""
+        groups = {commit: list(values) for commit, values in self.groups}
+        for commit, value in measurements:
+            groups.setdefault(commit, []).append(value)
+        frozen = tuple((commit, tuple(values)) for commit, values in groups.items())
+        noise = self.noise
+        if noise is not None:
+            noise = self._noise(frozen, self.baseline_scores, settings)
+        return self.model_copy(update={"groups": frozen, "noise": noise})
+
+    @staticmethod
+    def _noise(
+        groups: tuple[tuple[str, tuple[float, ...]], ...], baseline: Sequence[float], settings: JudgeSettings
+    ) -> NoiseFloor:
+        return pooled_noise(
+            (values for _, values in groups),
+            baseline=baseline,
+            noise_k=settings.noise_k,
+            min_delta=settings.min_delta,
+        )
 
     def close_baseline(
         self, *, trial_id: str, commit: str, lines: int, settings: JudgeSettings
@@ -248,9 +506,10 @@ class JudgeState(BaseModel):
     def _closed(
         self, scores: tuple[float, ...], *, trial_id: str, commit: str, lines: int, settings: JudgeSettings
     ) -> JudgeState:
-        noise = noise_floor(scores, noise_k=settings.noise_k, min_delta=settings.min_delta)
+        groups = self.groups or ((commit, scores),)
+        noise = self._noise(groups, scores, settings)
         best = Best(trial_id=trial_id, commit=commit, val_bpb=noise.mean, code_lines=lines)
-        return JudgeState(baseline_scores=scores, noise=noise, best=best)
+        return JudgeState(baseline_scores=scores, groups=groups, noise=noise, best=best)
 
     def after_keep(self, judgement: Judgement, *, trial_id: str, commit: str) -> JudgeState:
         """The state once a kept candidate becomes the best."""
@@ -276,6 +535,7 @@ class JudgedRow(BaseModel):
     val_bpb: float | None
     candidate_commit: str
     code_lines: int
+    measurements: tuple[Measurement, ...] = ()  # every ok run: (the commit that ran, val_bpb)
 
 
 def replay(rows: Iterable[JudgedRow], settings: JudgeSettings) -> JudgeState:
@@ -288,6 +548,8 @@ def replay(rows: Iterable[JudgedRow], settings: JudgeSettings) -> JudgeState:
     state = JudgeState()
     last_baseline: JudgedRow | None = None
     for row in rows:
+        if row.kind == "canary":
+            continue  # a control: never judged, its runs are no measurement of anything
         if row.kind == "baseline":
             if row.decision is Decision.BASELINE and row.val_bpb is not None and not state.ready:
                 state = state.with_baseline(
@@ -298,6 +560,8 @@ def replay(rows: Iterable[JudgedRow], settings: JudgeSettings) -> JudgeState:
                     settings=settings,
                 )
                 last_baseline = row
+            elif row.decision is Decision.BASELINE:  # landed after the baseline closed: noise only
+                state = state.with_measurements(row.measurements, settings)
             continue
         if not state.ready and last_baseline is not None:
             state = state.close_baseline(
@@ -314,4 +578,5 @@ def replay(rows: Iterable[JudgedRow], settings: JudgeSettings) -> JudgeState:
                 code_lines=row.code_lines,
             )
             state = state.model_copy(update={"best": best})
+        state = state.with_measurements(row.measurements, settings)
     return state

@@ -297,7 +297,7 @@ class RunRecord(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    run: int  # 0: the first run, 1: the confirmation
+    run: int  # 0: the first run, then the paired confirmation's runs in the order they ran
     sandbox_trial_id: str  # the id the sandbox saw (labels, logs)
     folder: str  # relative to the trial folder
     seed: int
@@ -312,6 +312,25 @@ class RunRecord(BaseModel):
     gpu_ids: list[str] = Field(default_factory=list)
     backend: str = ""
     artifact_sha256: str | None = None
+    compute_share: float | None = None  # what TRAIN got of its CPUs (sandbox/compute.py)
+    compute: dict[str, Any] | None = None  # the evidence
+    # Paired confirmation (harness/judge.py): whose train.py ran ("candidate", or "best": the best at
+    # the time, re-run beside it), that commit when it is not the trial's candidate, and the pair (0: none).
+    role: Literal["candidate", "best"] = "candidate"
+    commit: str | None = None
+    pair: int = 0
+
+
+class StarvedAttempt(BaseModel):
+    """A run the host starved of compute: kept in the trial folder, never judged (harness/loop.py)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    folder: str  # relative to the trial folder: starved/<n>
+    sandbox_trial_id: str
+    compute_share: float | None = None
+    compute: dict[str, Any] | None = None
+    reason: str = ""
 
 
 class AgentRecord(BaseModel):
@@ -373,6 +392,8 @@ class TrialRecord(BaseModel):
     finished_at: str
     canary: CanaryCheck | None = None  # set on canary rows only
     notes_sha256: str | None = None  # the agent's notes written for this trial (notes/<trial_id>.md)
+    # Runs of this trial the host starved, re-run before it was judged (only on rows that had any).
+    starved: list[StarvedAttempt] = Field(default_factory=list)
     # Set by the ledger on append; present on every row read back.
     index: int | None = None
     prev_hash: str | None = None
@@ -380,9 +401,11 @@ class TrialRecord(BaseModel):
 
     def to_row(self) -> dict[str, Any]:
         """The row to append (the chain keys are the ledger's to set; `canary` only on canary rows,
-        `notes_sha256` only on rows whose proposal rewrote the notes)."""
+        `notes_sha256` only on rows whose proposal rewrote the notes, `starved` only on rows that had
+        starved runs)."""
         exclude = set(CHAIN_KEYS) | ({"canary"} if self.canary is None else set())
         exclude |= {"notes_sha256"} if self.notes_sha256 is None else set()
+        exclude |= set() if self.starved else {"starved"}
         return self.model_dump(mode="json", exclude=exclude)
 
     def result_row(self) -> ResultRow:
@@ -402,6 +425,11 @@ class TrialRecord(BaseModel):
             val_bpb=self.val_bpb,
             candidate_commit=self.candidate_commit,
             code_lines=self.code_lines,
+            measurements=tuple(
+                (run.commit or self.candidate_commit, run.val_bpb)
+                for run in self.runs
+                if run.status is Status.OK and run.val_bpb is not None
+            ),
         )
 
 

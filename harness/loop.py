@@ -10,8 +10,9 @@ One `ResearchLoop.run()` call is one controller session on one run folder:
    baseline run that fails stops the run: nothing can be judged against a broken starting point.
 3. Candidates, until `max_trials` candidate trials are in the run folder (None: forever): the
    agent proposes from a context built from the ledger; the proposal is validated, committed to
-   the lineage, written to its trial folder, run by the sandbox, judged (a would-be keep runs again
-   with another seed), recorded in the ledger then results.tsv, and a keep advances the branch.
+   the lineage, written to its trial folder, run by the sandbox, judged (a would-be keep is confirmed
+   on paired runs of it and the current best, harness/judge.py), recorded in the ledger then
+   results.tsv, and a keep advances the branch.
 
 Deliberate choices:
 - A proposal that does not parse, or that changes nothing, is recorded without running it, as
@@ -22,6 +23,11 @@ Deliberate choices:
   written to the ledger: SandboxError (backoff, then the run stops with the sandbox's message;
   DataMissing and ImageMissing are not retried, a retry cannot fix them), AgentError (backoff,
   then stop), AgentFatal (stop at once), AgentExhausted (the replay folder is done: a clean end).
+- A run the host starved of compute (status `starved`, sandbox/compute.py) is not a result: it is
+  moved to the trial's `starved/<n>/`, the loop waits (`retries.starved_backoff_s`, doubling; in the
+  log and the live view) and runs it again; `retries.starved_attempts` in a row pause the run
+  (`HostStarved`, nothing recorded for the trial, which the next start re-runs; a paused start does
+  not count towards `trial_starts`). Starved runs are never ledger rows: the trial's row lists them.
 - Crash safety: each trial's records are written in a fixed order (trial folder and pending
   commit, then ledger row, results.tsv row, lineage ref) with SIGINT/SIGTERM held back during the
   last three. On the next start, a trial folder with a `trial.json` but no ledger row is re-run
@@ -67,7 +73,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from filelock import FileLock
 from filelock import Timeout as LockTimeout
@@ -91,7 +97,7 @@ from harness.agents.base import (
     Usage,
 )
 from harness.config import RunConfig, RunPaths, TrialPaths
-from harness.judge import Action, Judgement, JudgeState, code_lines, judge, replay
+from harness.judge import Action, Judgement, JudgeState, code_lines, judge, judge_paired, replay
 from harness.ledger import (
     AgentRecord,
     Ledger,
@@ -99,6 +105,7 @@ from harness.ledger import (
     RunMeta,
     RunRecord,
     SpendRecord,
+    StarvedAttempt,
     TrialPlan,
     TrialRecord,
     hash_tree,
@@ -124,6 +131,8 @@ TRIAL_ID = re.compile(r"^t(\d{4,})$")
 TRIAL_FOLDER = re.compile(r"^t(\d{4,})(\..*)?$")
 MAX_TRAIN_PY_BYTES = 1_000_000
 CONFIRM_SUFFIX = "-c1"
+STARVED_BACKOFF_MAX_S = 600.0
+RUN_FOLDER = re.compile(r"^run-\d+$")  # a confirmation run's folder (TrialPaths.run_dir)
 
 
 # --------------------------------------------------------------------------- errors
@@ -169,6 +178,10 @@ class CapReached(LoopError):
         self.cap = cap
 
 
+class HostStarved(LoopError):
+    """Runs kept coming back `starved`: the host is too busy to measure anything; the run pauses."""
+
+
 class IsolationBroken(LoopError):
     """The run canary (a known cheat, harness/canary.py) was not rejected: isolation or evaluator broken."""
 
@@ -192,6 +205,15 @@ class RunSummary:
 
 class _Stop(Exception):
     """Ends the candidate loop cleanly (max_trials reached, the agent has nothing left)."""
+
+
+@dataclass(frozen=True)
+class RunRole:
+    """Whose train.py a run of a trial ran: the candidate's, or (paired confirmation) the best's."""
+
+    role: Literal["candidate", "best"] = "candidate"
+    commit: str | None = None  # the best's commit; None: the trial's candidate
+    pair: int = 0  # 0: the first run; k: the k-th confirmation pair
 
 
 @dataclass(frozen=True)
@@ -340,6 +362,22 @@ def _file_log(path: Path, *, thread_only: bool) -> Iterator[None]:
             lg.removeHandler(handler)
             lg.setLevel(level)
         handler.close()
+
+
+def keeps_between(records: Sequence[TrialRecord], start: str, end: str) -> list[tuple[float, int]] | None:
+    """The keeps that moved the best from commit `start` to `end`, oldest first, each as (its mean
+    paired difference against its predecessor, its pairs); None when one was not judged on pairs."""
+    kept = {r.candidate_commit: r for r in records if r.decision is Decision.KEEP}
+    chain: list[tuple[float, int]] = []
+    commit = end
+    while commit != start:
+        record = kept.get(commit)
+        j = record.judge if record is not None else None
+        if not j or j.get("mean_diff") is None or not j.get("best_commit") or len(chain) > len(records):
+            return None
+        chain.append((float(j["mean_diff"]), len(j.get("pairs") or []) or 1))
+        commit = str(j["best_commit"])
+    return chain[::-1]
 
 
 # --------------------------------------------------------------------------- the loop
@@ -576,9 +614,12 @@ class ResearchLoop:
 
     @staticmethod
     def _starts(tp: TrialPaths) -> int:
+        """Starts of a trial so far; a start that ended in a starvation pause does not count."""
         if not tp.starts.exists():
             return 0
-        return sum(1 for line in tp.starts.read_text(encoding="utf-8").splitlines() if line.strip())
+        lines = [line for line in tp.starts.read_text(encoding="utf-8").splitlines() if line.strip()]
+        paused = sum(1 for line in lines if '"paused"' in line)
+        return len(lines) - 2 * paused
 
     # ------------------------------------------------------------------ the session's trials
 
@@ -1057,7 +1098,7 @@ class ResearchLoop:
     def _execute(self, plan: TrialPlan) -> TrialRecord:
         tp = self.paths.trial(plan.trial_id)
         starts = self._starts(tp)
-        if starts:
+        if starts or any(entry.name not in tp.own_files for entry in tp.dir.iterdir()):
             self._set_aside(tp, starts)
         with tp.starts.open("a", encoding="utf-8") as f:
             f.write(json.dumps({"at": now_iso(), "worker": self.worker}) + "\n")
@@ -1065,16 +1106,17 @@ class ResearchLoop:
         with _file_log(tp.controller_log, thread_only=True):
             logger.info("%s (%s): %s", plan.trial_id, plan.kind, plan.description)
             verdicts: list[Verdict] = []
+            roles: list[RunRole] = []
             if plan.invalid is None:
                 self.progress.phase(plan.trial_id, f"running ({plan.description})")
                 verdicts.append(self._run_sandbox(plan, 0))
+                roles.append(RunRole())
                 if plan.kind == "candidate" and verdicts[0].status is Status.OK:
                     first = self._judge(plan, verdicts)
                     if first.action is Action.CONFIRM:
                         logger.info("%s: %s", plan.trial_id, first.reason)
-                        self.progress.phase(plan.trial_id, f"confirming with seed {plan.seeds[1]}")
-                        verdicts.append(self._run_sandbox(plan, 1))
-        record = self._record(plan, verdicts, started_at)
+                        self._confirm(plan, verdicts, roles)
+        record = self._record(plan, verdicts, started_at, roles)
         if record.canary is not None and not record.canary.passed:
             raise IsolationBroken(canary.alarm(record, self.ledger.records(), self.paths.root))
         if plan.kind == "baseline" and record.decision is not Decision.BASELINE:
@@ -1088,22 +1130,124 @@ class ResearchLoop:
     def _set_aside(self, tp: TrialPaths, starts: int) -> None:
         """Move an interrupted attempt's sandbox output out of the way (kept, never deleted)."""
         aside = tp.interrupted_dir / str(starts)
-        aside.mkdir(parents=True, exist_ok=True)
+        while aside.exists():  # a start paused by starvation does not count, so numbers can repeat
+            starts += 1
+            aside = tp.interrupted_dir / str(starts)
+        aside.mkdir(parents=True)
         for entry in tp.dir.iterdir():
             if entry.name not in tp.own_files:
                 shutil.move(str(entry), str(aside / entry.name))
 
-    def _run_sandbox(self, plan: TrialPlan, run: int) -> Verdict:
+    def _confirm(self, plan: TrialPlan, verdicts: list[Verdict], roles: list[RunRole]) -> None:
+        """The paired confirmation (harness/judge.py): `confirm_pairs` times, the candidate and the
+        current best back to back with the same seed, in alternating order; stops at a failed run."""
+        tp = self.paths.trial(plan.trial_id)
+        state = replay((r.judged() for r in self.ledger.records()), self.config.judge)
+        assert state.best is not None
+        best = state.best
+        tp.paired_best.write_text(self.lineage.read(best.commit), encoding="utf-8")
+        for pair in range(1, self.config.judge.confirm_pairs + 1):
+            seed = plan.seeds[1] if pair == 1 else derive_seed(self.config.seed, plan.trial_id, pair)
+            order: tuple[Literal["candidate", "best"], ...] = (
+                ("candidate", "best") if pair % 2 else ("best", "candidate")
+            )
+            for role in order:
+                run = len(verdicts)
+                label = f"the best {best.commit[:7]}" if role == "best" else "the candidate"
+                self.progress.phase(
+                    plan.trial_id,
+                    f"confirming: pair {pair}/{self.config.judge.confirm_pairs}, {label} (seed {seed})",
+                )
+                verdict = self._run_sandbox(
+                    plan,
+                    run,
+                    seed=seed,
+                    candidate=tp.paired_best if role == "best" else tp.candidate,
+                    sandbox_id=f"{plan.trial_id}-{'b' if role == 'best' else 'c'}{pair}",
+                )
+                verdicts.append(verdict)
+                roles.append(RunRole(role, best.commit if role == "best" else None, pair))
+                if verdict.status is not Status.OK:
+                    return  # not confirmed, whichever run failed
+
+    def _run_sandbox(
+        self,
+        plan: TrialPlan,
+        run: int,
+        *,
+        seed: int | None = None,
+        candidate: Path | None = None,
+        sandbox_id: str | None = None,
+    ) -> Verdict:
         tp = self.paths.trial(plan.trial_id)
         spec = TrialSpec(
-            trial_id=plan.trial_id if run == 0 else plan.trial_id + CONFIRM_SUFFIX,
-            candidate=tp.candidate,
+            trial_id=sandbox_id or (plan.trial_id if run == 0 else plan.trial_id + CONFIRM_SUFFIX),
+            candidate=candidate or tp.candidate,
             trial_dir=tp.run_dir(run),
             profile=self.config.profile,
             limits=self.seat.limits,
-            seed=plan.seeds[run],
+            seed=plan.seeds[min(run, 1)] if seed is None else seed,
             gpu_ids=self.seat.gpu_ids,
+            min_compute_share=self.config.judge.min_compute_share,
         )
+        return self._run_fed(tp, spec)
+
+    def _run_fed(self, tp: TrialPaths, spec: TrialSpec) -> Verdict:
+        """Run `spec` until a run is not starved: each starved run is set aside under starved/<n>/,
+        followed by a wait (doubling), and `starved_attempts` of them in a row pause the run."""
+        retries = self.config.retries
+        for attempt in range(1, retries.starved_attempts + 1):
+            verdict = self._run_spec(spec)
+            if verdict.status is not Status.STARVED:
+                return verdict
+            folder = self._set_aside_starved(tp, spec.trial_dir)
+            if attempt == retries.starved_attempts:
+                with tp.starts.open("a", encoding="utf-8") as f:  # this start does not count (resumable)
+                    f.write(json.dumps({"at": now_iso(), "worker": self.worker, "paused": "starved"}) + "\n")
+                raise HostStarved(
+                    f"the host starved {attempt} runs of {spec.trial_id} in a row (last: {verdict.reason}; "
+                    f"kept in {folder}). Nothing was judged; the run is paused. Stop what loads the host "
+                    f"(or lower judge.min_compute_share, now {spec.min_compute_share}) and run the same "
+                    "command again: the trial is re-run."
+                )
+            wait = min(retries.starved_backoff_s * 2 ** (attempt - 1), STARVED_BACKOFF_MAX_S)
+            share = "?" if verdict.compute_share is None else f"{verdict.compute_share:.2f}"
+            logger.warning(
+                "%s starved (compute share %s < %.2f; attempt %d of %d): waiting %.0f s, then running it again",
+                spec.trial_id,
+                share,
+                spec.min_compute_share,
+                attempt,
+                retries.starved_attempts,
+                wait,
+            )
+            self.progress.phase(
+                tp.dir.name,
+                f"host busy: compute share {share} < {spec.min_compute_share:.2f}; "
+                f"re-running in {wait:.0f} s (starved {attempt}/{retries.starved_attempts})",
+            )
+            self.sleep(wait)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def _set_aside_starved(tp: TrialPaths, run_dir: Path) -> str:
+        """Move a starved run's files to starved/<n>/ (kept, never judged); return that folder."""
+        tp.starved_dir.mkdir(exist_ok=True)
+        n = 1 + sum(1 for p in tp.starved_dir.iterdir() if p.is_dir())
+        target = tp.starved_dir / str(n)
+        target.mkdir()
+        if run_dir == tp.dir:  # the first run writes into the trial folder itself, beside other runs
+            for entry in tp.dir.iterdir():
+                others = entry.name == tp.confirm_dir.name or RUN_FOLDER.match(entry.name)
+                if entry.name not in tp.own_files and not others:
+                    shutil.move(str(entry), str(target / entry.name))
+        else:
+            for entry in run_dir.iterdir():
+                shutil.move(str(entry), str(target / entry.name))
+            run_dir.rmdir()
+        return target.relative_to(tp.dir).as_posix()
+
+    def _run_spec(self, spec: TrialSpec) -> Verdict:
         retries = self.config.retries
         for attempt in range(1, retries.sandbox_attempts + 1):
             try:
@@ -1140,11 +1284,18 @@ class ResearchLoop:
         return judge(state.best, state.noise, scores, plan.code_lines, self.config.judge)
 
     def _decide(
-        self, plan: TrialPlan, verdicts: Sequence[Verdict], state: JudgeState
+        self,
+        plan: TrialPlan,
+        verdicts: Sequence[Verdict],
+        state: JudgeState,
+        roles: Sequence[RunRole] = (),
+        records: Sequence[TrialRecord] = (),
     ) -> tuple[Status, Decision, str, float | None, dict[str, Any] | None]:
         """(status, decision, reason, val_bpb, judgement) for a finished trial."""
         if plan.invalid is not None:
             return Status.CRASH, Decision.CRASH, plan.invalid, None, None
+        if any(v.status is Status.STARVED for v in verdicts):  # _run_fed never returns one
+            raise LoopError(f"{plan.trial_id}: a starved run reached the judge; nothing was recorded")
         first = verdicts[0]
         if plan.kind == "canary":
             return canary.decide(first)
@@ -1153,12 +1304,44 @@ class ResearchLoop:
         if plan.kind == "baseline":
             return Status.OK, Decision.BASELINE, "baseline run", first.val_bpb, None
         assert state.best is not None and state.noise is not None
-        ok = [v for v in verdicts if v.status is Status.OK and v.val_bpb is not None]
-        scores = [v.val_bpb for v in ok if v.val_bpb is not None]
-        failed = next((v for v in verdicts if v.status is not Status.OK), None)
-        if failed is not None:  # the confirmation run did not score: the keep is not confirmed
-            reason = f"not confirmed: the confirmation run ended {failed.status.value}: {failed.reason}"
-            return failed.status, Decision.DISCARD, reason, sum(scores) / len(scores), None
+        roles = list(roles) or [RunRole() for _ in verdicts]
+        mine = [v for v, r in zip(verdicts, roles, strict=True) if r.role == "candidate"]
+        scores = [v.val_bpb for v in mine if v.status is Status.OK and v.val_bpb is not None]
+        failed = next(
+            ((v, r) for v, r in zip(verdicts, roles, strict=True) if v.status is not Status.OK), None
+        )
+        if failed is not None:  # a confirmation run did not score: the keep is not confirmed
+            v, r = failed
+            if r.role == "best":
+                reason = f"not confirmed: the best's paired re-run ended {v.status.value}: {v.reason}"
+                return Status.OK, Decision.DISCARD, reason, sum(scores) / len(scores), None
+            reason = f"not confirmed: the confirmation run ended {v.status.value}: {v.reason}"
+            return v.status, Decision.DISCARD, reason, sum(scores) / len(scores), None
+        if len(verdicts) > 1:
+            paired_best = next((r.commit for r in roles if r.role == "best"), None) or "?"
+            via = keeps_between(records, paired_best, state.best.commit)
+            if via is None:  # the best moved on by a keep with no paired judgement to chain through
+                reason = (
+                    f"not confirmed in time: it was paired with {paired_best[:7]}, but the best became "
+                    f"{state.best.commit[:7]} ({state.best.trial_id}) while it ran"
+                )
+                return Status.OK, Decision.DISCARD, reason, sum(scores) / len(scores), None
+            by_pair: dict[int, dict[str, float]] = {}
+            for v, r in zip(verdicts, roles, strict=True):
+                if r.pair and v.val_bpb is not None:
+                    by_pair.setdefault(r.pair, {})[r.role] = v.val_bpb
+            pairs = [(p["candidate"], p["best"]) for _, p in sorted(by_pair.items())]
+            pj = judge_paired(
+                state.best,
+                state.noise,
+                scores[0],
+                pairs,
+                plan.code_lines,
+                self.config.judge,
+                paired_with=paired_best,
+                via=via,
+            )
+            return Status.OK, pj.decision, pj.reason, pj.score, pj.model_dump(mode="json")
         j = judge(state.best, state.noise, scores, plan.code_lines, self.config.judge)
         if j.action is Action.CONFIRM:  # best moved under us (another worker): judged as unconfirmed
             return (
@@ -1170,9 +1353,16 @@ class ResearchLoop:
             )
         return Status.OK, j.decision, j.reason, j.score, j.model_dump(mode="json")
 
-    def _record(self, plan: TrialPlan, verdicts: Sequence[Verdict], started_at: str) -> TrialRecord:
+    def _record(
+        self,
+        plan: TrialPlan,
+        verdicts: Sequence[Verdict],
+        started_at: str,
+        roles: Sequence[RunRole] = (),
+    ) -> TrialRecord:
         tp = self.paths.trial(plan.trial_id)
-        runs = [self._run_record(tp, i, v) for i, v in enumerate(verdicts)]
+        roles = list(roles) or [RunRole() for _ in verdicts]
+        runs = [self._run_record(tp, i, v, r) for i, (v, r) in enumerate(zip(verdicts, roles, strict=True))]
         memory = [v.peak_memory_gb for v in verdicts if v.peak_memory_gb is not None]
         first = verdicts[0] if verdicts else None
         manifest: dict[str, Any] = {
@@ -1193,7 +1383,7 @@ class ResearchLoop:
         with _signals_held(), self.ledger.locked():
             records = self.ledger.records()
             state = replay((r.judged() for r in records), self.config.judge)
-            status, decision, reason, val, judgement = self._decide(plan, verdicts, state)
+            status, decision, reason, val, judgement = self._decide(plan, verdicts, state, roles, records)
             record = TrialRecord(
                 trial_id=plan.trial_id,
                 kind=plan.kind,
@@ -1221,6 +1411,7 @@ class ResearchLoop:
                 finished_at=now_iso(),
                 canary=canary.check(first, tp.dir, tp.candidate) if plan.kind == "canary" and first else None,
                 notes_sha256=plan.notes_sha256,
+                starved=self._starved_attempts(tp),
             )
             written = TrialRecord.model_validate(self.ledger.append(record.to_row()))
             self.results.append(rows_for([written]))  # none for a canary: results.tsv lists experiments
@@ -1235,7 +1426,31 @@ class ResearchLoop:
         self.progress.recorded(written, new_state)
         return written
 
-    def _run_record(self, tp: TrialPaths, run: int, v: Verdict) -> RunRecord:
+    @staticmethod
+    def _starved_attempts(tp: TrialPaths) -> list[StarvedAttempt]:
+        """The trial's starved runs, from their verdicts under starved/ (this start's and earlier ones')."""
+        attempts: list[StarvedAttempt] = []
+        if not tp.starved_dir.is_dir():
+            return attempts
+        folders = [p for p in tp.starved_dir.iterdir() if p.is_dir() and p.name.isdigit()]
+        for folder in sorted(folders, key=lambda p: int(p.name)):
+            path = folder / C.VERDICT_FILE
+            if not path.is_file():
+                continue
+            v = Verdict.model_validate_json(path.read_text(encoding="utf-8"))
+            attempts.append(
+                StarvedAttempt(
+                    folder=folder.relative_to(tp.dir).as_posix(),
+                    sandbox_trial_id=v.trial_id,
+                    compute_share=v.compute_share,
+                    compute=v.compute,
+                    reason=v.reason,
+                )
+            )
+        return attempts
+
+    def _run_record(self, tp: TrialPaths, run: int, v: Verdict, role: RunRole | None = None) -> RunRecord:
+        role = role or RunRole()
         report = v.report or {}
         artifact = report.get("artifact_sha256")
         return RunRecord(
@@ -1254,6 +1469,11 @@ class ResearchLoop:
             gpu_ids=v.gpu_ids,
             backend=v.backend,
             artifact_sha256=artifact if isinstance(artifact, str) else None,
+            compute_share=v.compute_share,
+            compute=v.compute,
+            role=role.role,
+            commit=role.commit,
+            pair=role.pair,
         )
 
     @staticmethod

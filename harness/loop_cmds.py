@@ -10,7 +10,8 @@ configuration is broken; 3 engine unreachable, 4 image missing, 5 data missing, 
 8 ISOLATION BROKEN: the run canary, a known cheat, was not rejected (harness/canary.py); 9 a cost or
 token cap was reached (the message names it; raise it and run the same command to continue); 10 the
 local backend was asked for with an LLM agent without `--i-understand-local-runs-agent-code-unsandboxed`;
-130 interrupted (Ctrl-C or SIGTERM; run the same command to resume). `verify-ledger` exits 1
+11 paused: the host starved `retries.starved_attempts` runs in a row (run the same command once it is
+quieter); 130 interrupted (Ctrl-C or SIGTERM; run the same command to resume). `verify-ledger` exits 1
 when history does not verify.
 
 Deliberate: `--backend local` runs train.py as a host process with no isolation at all. With the
@@ -152,7 +153,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     from harness.ledger import LedgerError
     from harness.lineage import LineageError, check_run_tag
-    from harness.loop import CapReached, IsolationBroken, LoopError, ResearchLoop, read_program
+    from harness.loop import CapReached, HostStarved, IsolationBroken, LoopError, ResearchLoop, read_program
     from harness.progress import make_progress
     from harness.results import ResultsError
     from sandbox.verdict import EngineUnavailable, ImageMissing, SandboxError, exit_code_for
@@ -299,6 +300,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"stopped: {exc}", file=sys.stderr)
         _write_report_quietly(run_dir)
         return ExitCode.CAP
+    except HostStarved as exc:
+        _err(str(exc))
+        _write_report_quietly(run_dir)
+        return ExitCode.HOST_STARVED
     except LoopError as exc:
         _err(str(exc))
         _write_report_quietly(run_dir)

@@ -7,7 +7,9 @@ diffs and logs from the trial folders.
 progress.png follows the reference's analysis: val_bpb per trial in order, keeps highlighted,
 discards faint, the running best as a step line, plus the baseline's noise band. Trials without
 a score are marked as ticks along the bottom edge, and scores far above the baseline are clipped
-to the top edge (as triangles) so that one terrible candidate cannot flatten the plot. Run canaries
+to the top edge (as triangles) so that one terrible candidate cannot flatten the plot. The runs of a
+paired confirmation are small markers at their trial: the candidate's dots, the best's re-runs rings,
+so a host that drifted shows as both moving together. Run canaries
 (controls, harness/canary.py) are vertical lines, not points, and the headline says if one failed.
 One trial's logs are harness/trial_logs.py's.
 
@@ -142,11 +144,19 @@ def headline(view: RunView) -> list[str]:
         + ")",
     ]
     lines += canary_lines(records)
+    lines += starved_lines(records)
     if state.noise is not None and state.best is not None:
         gain = state.noise.mean - state.best.val_bpb
+        settings = JudgeSettings.model_validate(view.meta.get("judge", {}))
         lines.append(
             f"baseline {state.noise.mean:.6f} ± {state.noise.std:.6f} over {state.noise.n} runs; "
             f"noise threshold {state.noise.threshold:.6f}"
+        )
+        lines.append(
+            f"noise s {state.noise.std:.6f} pooled over {state.noise.runs} repeated runs (df {state.noise.df}); "
+            f"keeps confirmed on {settings.confirm_pairs} paired run(s) with the best, "
+            f"false-keep rate {settings.false_keep_rate:g}"
+            + ("" if state.noise.df else " (not yet: no noise estimate, min_delta alone)")
         )
         lines.append(
             f"best {state.best.val_bpb:.6f} ({state.best.trial_id}, {state.best.commit[:7]}): "
@@ -203,6 +213,26 @@ def canary_lines(records: list[TrialRecord]) -> list[str]:
             "canary that was rejected are suspect"
         )
     return lines
+
+
+def starved_lines(records: list[TrialRecord]) -> list[str]:
+    """How often the host starved a run (re-run, never judged); nothing when it never did."""
+    starved = [(r, len(r.starved)) for r in records if r.starved]
+    if not starved:
+        return []
+    total = sum(n for _, n in starved)
+    return [
+        f"starved runs (the host took the CPUs; re-run, never judged): {total} in {len(starved)} trial(s)"
+    ]
+
+
+def paired_runs(record: TrialRecord) -> list[tuple[int, int, float | None, float | None]]:
+    """(pair, seed, candidate val_bpb, best val_bpb) for each paired confirmation run of a trial."""
+    pairs: dict[int, dict[str, Any]] = {}
+    for run in record.runs:
+        if run.pair:
+            pairs.setdefault(run.pair, {"seed": run.seed})[run.role] = run.val_bpb
+    return [(k, p["seed"], p.get("candidate"), p.get("best")) for k, p in sorted(pairs.items())]
 
 
 def status_text(run_dir: Path) -> str:
@@ -269,6 +299,19 @@ def plot_progress(view: RunView, path: Path) -> Path:
                         s=20,
                         zorder=2,
                     )
+            paired = [
+                (i, run.role, run.val_bpb) for i, r in scored for run in r.runs if run.pair and run.val_bpb
+            ]
+            paired_styles: dict[str, dict[str, Any]] = {
+                "candidate": dict(marker=".", color="#555555", s=14, label="confirmation run (paired)"),
+                "best": dict(
+                    marker="o", facecolors="none", edgecolors="#1f77b4", s=22, label="best re-run (paired)"
+                ),
+            }
+            for role, style in paired_styles.items():
+                pts = [(i, v) for i, who, v in paired if who == role and v < top]
+                if pts:
+                    ax.scatter([i for i, _ in pts], [v for _, v in pts], zorder=2, alpha=0.8, **style)
             crashes = [i for i, r in enumerate(records) if r.val_bpb is None and r.kind != "canary"]
             if crashes:
                 ax.scatter(
@@ -381,6 +424,29 @@ def render_markdown(view: RunView, *, image: str | None = "progress.png") -> str
             f"| {r.trial_id} | {r.decision.value} | {r.status.value} | {_val(r.val_bpb)} | "
             f"{_md(_short(r.description))} | {_md(_short(r.reason, 120))} |"
         )
+    confirmed = [r for r in records if paired_runs(r)]
+    if confirmed:
+        out += ["", "## Paired confirmations", ""]
+        out.append(
+            "Each would-be keep ran again beside the best of the moment, same seed, back to back; "
+            "it is judged on the differences, so a host that sped up or slowed down cancels out."
+        )
+        out += [
+            "",
+            "| trial | decision | pair | seed | candidate | best | difference |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in confirmed:
+            for pair, seed, mine, theirs in paired_runs(r):
+                diff = f"{mine - theirs:+.6f}" if mine is not None and theirs is not None else "-"
+                out.append(
+                    f"| {r.trial_id} | {r.decision.value} | {pair} | {seed} | {_val(mine)} | {_val(theirs)} | {diff} |"
+                )
+            if r.judge and r.judge.get("mean_diff") is not None:
+                out.append(
+                    f"| {r.trial_id} | | mean | | | | {r.judge['mean_diff']:+.6f} "
+                    f"(needs < -{r.judge['paired_threshold']:.6f}) |"
+                )
     failures = Counter(
         f"{r.status.value}: {_short(r.reason, 100)}" for r in records if r.decision is Decision.CRASH
     )

@@ -2,7 +2,8 @@
 
 `python -m harness trial PATH --json` runs one candidate through TRAIN and EVAL and prints the verdict
 as JSON on its LAST line. Its exit code separates the two kinds of failure the project keeps apart:
-0 for any verdict about the candidate (ok, crash, timeout, oom, output_limit, rejected), non-zero only
+0 for any verdict about the candidate (ok, crash, timeout, oom, output_limit, rejected) or about the host
+(starved: TRAIN got less than --min-compute-share of its CPUs, see sandbox/compute.py), non-zero only
 when the infrastructure failed, with a message saying what to run next. SIGTERM and Ctrl-C unwind
 through the sandbox's cleanup; a SIGKILLed controller leaves containers that the next start reaps.
 """
@@ -64,6 +65,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--kill-grace", type=float, metavar="S", help="override the grace after SIGTERM (seconds)"
     )
     trial.add_argument("--seed", type=int, default=0)
+    trial.add_argument(
+        "--min-compute-share",
+        type=float,
+        default=0.85,
+        metavar="F",
+        help="TRAIN getting less than this share of its CPUs is `starved`, not a result (0: off)",
+    )
     trial.add_argument(
         "--gpus", default="", metavar="IDS", help="comma-separated GPU ids to pass (never all)"
     )
@@ -131,6 +139,7 @@ def _run_trial(args: argparse.Namespace) -> tuple[Any, Path]:
         limits=limits,
         seed=args.seed,
         gpu_ids=tuple(g.strip() for g in args.gpus.split(",") if g.strip()),
+        min_compute_share=args.min_compute_share,
     )
     if args.backend == "local":
         from sandbox.local_backend import LocalSandbox
@@ -160,12 +169,21 @@ def _print_verdict(verdict: dict[str, Any], *, as_json: bool) -> None:
         f"reason    {verdict['reason'] or '-'}",
         "timings   " + ", ".join(f"{k} {v:.2f}" for k, v in verdict["timings"].items()),
         f"memory    {verdict['peak_memory_gb']} GB peak (measured by the controller)",
+        f"compute   {_compute_line(verdict.get('compute'))}",
         f"images    {verdict['images'] or '-'}",
         f"folder    {verdict['trial_dir']}",
     ]
     print("\n".join(lines), file=sys.stderr if as_json else sys.stdout)
     if as_json:
         print(json.dumps(verdict, separators=(",", ":")))
+
+
+def _compute_line(compute: dict[str, Any] | None) -> str:
+    from sandbox.compute import ComputeReport
+
+    if not compute:
+        return "-"
+    return ComputeReport.model_validate(compute).summary() + " (measured by the controller)"
 
 
 def cmd_preflight(args: argparse.Namespace) -> int:

@@ -1,7 +1,8 @@
 """`python -m harness logs TRIAL`: everything about one trial, laid out for a human auditing a run.
 
 For the trial: its ledger row (decision, status, scores, the canary check on a control trial), the
-diff to its parent. Then for each run of it (the first, the confirmation, attempts that were
+diff to its parent. Then for each run of it (the first, the paired confirmation's runs of it and of
+the best, runs the host starved (starved/<n>/), attempts that were
 interrupted): the verdict; the limits it ran under; the exit reasons of the TRAIN and EVAL containers
 (from the audit trail, else from the engine's state); the audit events, denials marked; the
 evaluator's report (its deciding check, every probe, what the graph is made of, the hashes that pin
@@ -220,10 +221,14 @@ def trial_logs_text(run_dir: Path, trial_id: str) -> str:
     if tp.diff.exists():
         out += section("diff to parent", _read(tp.diff))
     runs = [("run 0", tp.dir), ("confirm", tp.confirm_dir)]
-    if tp.interrupted_dir.is_dir():
-        runs += [
-            (p.relative_to(tp.dir).as_posix(), p) for p in sorted(tp.interrupted_dir.iterdir()) if p.is_dir()
-        ]
+    runs += [  # the paired confirmation's later runs (the best's and the candidate's)
+        (p.name, p)
+        for p in sorted(tp.dir.glob("run-*"), key=lambda p: int(p.name[4:] or 0))
+        if p.name[4:].isdigit()
+    ]
+    for aside in (tp.starved_dir, tp.interrupted_dir):  # runs the host starved; interrupted attempts
+        if aside.is_dir():
+            runs += [(p.relative_to(tp.dir).as_posix(), p) for p in sorted(aside.iterdir()) if p.is_dir()]
     for label, folder in runs:
         if folder.is_dir():
             out += run_lines(label, folder)

@@ -115,6 +115,7 @@ class ExitCode(IntEnum):
     ISOLATION_BROKEN = 8  # preflight: a property does not hold; run: the canary was not rejected
     CAP = 9  # a cost or token cap was reached (raise it and run the same command to continue)
     LOCAL_NOT_ACKNOWLEDGED = 10  # run: the local backend with an LLM agent, without the acknowledgement flag
+    HOST_STARVED = 11  # run: paused, the host starved too many runs in a row (resume once it is quieter)
     INTERRUPTED = 130  # Ctrl-C or SIGTERM (run the same command to resume)
 
 

@@ -31,6 +31,9 @@ Deliberate properties:
   stream can block after exit, so neither is used. Logs are fetched once, after exit, and capped.
 - Memory is measured by the controller (engine stats sampled in a thread), never taken from the
   candidate's own printout. It is the cgroup's peak: page cache and the output tmpfs included.
+- So is the compute TRAIN got (sandbox/compute.py): the schedstat of the tasks in TRAIN's cgroup,
+  found from the host pid the engine reports. A TRAIN below `spec.min_compute_share` is `starved`
+  whatever else happened to it, and its artifact is not evaluated.
 - GPUs are passed only as explicit device ids from the spec's lease, never "all".
 - Infrastructure steps are retried (sandbox.retry); the candidate's run never is.
 - The pre-warmed evaluator shares nothing writable with TRAIN: it sees the output channel read-only
@@ -67,7 +70,9 @@ from docker.types import DeviceRequest, Mount
 
 from sandbox import audit, reaper, trialdir
 from sandbox import constants as C
+from sandbox.compute import ComputeMeter, ComputeReport, allotment, source_for_pid, unmeasured
 from sandbox.constants import Status
+from sandbox.gpu import parse_cpuset
 from sandbox.incontainer.fileio import atomic_write
 from sandbox.limits import MiB
 from sandbox.retry import engine_errors, infra_retry
@@ -78,6 +83,7 @@ from sandbox.verdict import (
     TrialSpec,
     Verdict,
     classify_eval,
+    classify_starved,
     classify_train,
 )
 
@@ -213,6 +219,7 @@ class DockerSandbox:
                 images={"trainer": self.image_id},
                 logs=trial.logs,
                 report=report,
+                compute=trial.compute,
             )
             trail.verdict(verdict)
             return verdict
@@ -249,6 +256,7 @@ class DockerTrial:
     host_root: tuple[int, int] | None = None  # remapped_root(client), read once when a volume is made
     trail: audit.AuditTrail | None = None  # audit.jsonl: where the trial's denials and exits are recorded
     prewarm_eval: bool = True
+    compute: ComputeReport = field(default_factory=lambda: unmeasured("TRAIN never started"))
 
     # ------------------------------------------------------------------ the trial
 
@@ -270,9 +278,12 @@ class DockerTrial:
 
         with engine_errors("running TRAIN"):
             watcher = _MemoryWatcher(train)
+            meter: ComputeMeter | None = None
 
             def on_train_start() -> None:
+                nonlocal meter
                 watcher.start()
+                meter = self._compute_meter(train)
                 if evaluator is not None:  # inside TRAIN's clock: its start-up overlaps the candidate's
                     t = time.monotonic()
                     infra_retry(evaluator.start)()
@@ -284,6 +295,8 @@ class DockerTrial:
                 )
             finally:
                 watcher.stop()
+                self.compute = meter.stop() if meter is not None else self.compute
+        logger.info("TRAIN %s", self.compute.summary())
         self.peak_memory_bytes = watcher.peak_bytes
         if ran.oom_killed:  # the kernel stopped it at the limit; the last sample came before that
             self.peak_memory_bytes = limits.mem_limit_mb * MiB
@@ -305,7 +318,7 @@ class DockerTrial:
         logger.info("TRAIN outcome: %s; output channel: %s", outcome, channel)
         if self.trail is not None:
             self.trail.train(outcome, limits, signals=ran.signals, name=self.container_name("train"))
-        early = classify_train(outcome)
+        early = classify_starved(self.compute, self.spec.min_compute_share) or classify_train(outcome)
         if early is not None:
             return early[0], None, early[1], None
 
@@ -336,6 +349,26 @@ class DockerTrial:
             self.trail.eval(eval_outcome, limits, signals=ev.signals, name=self.container_name("eval"))
         status, val_bpb, reason = classify_eval(eval_outcome)
         return status, val_bpb, reason, report
+
+    def _compute_meter(self, train: Container) -> ComputeMeter | None:
+        """A meter on TRAIN's cgroup, found from the pid the engine reports (None: not measurable here).
+
+        The engine's `State.Pid` is a host pid; the cgroup it is in lists every task of the container.
+        A controller that cannot see that pid (another pid namespace) records why, and the trial is
+        judged as unmeasured rather than guessed at.
+        """
+        infra_retry(train.reload)()
+        pid = int((train.attrs.get("State") or {}).get("Pid") or 0)
+        source = source_for_pid(pid, container_id=train.id)
+        if isinstance(source, str):
+            logger.warning("TRAIN's compute cannot be measured: %s", source)
+            self.compute = unmeasured(source)
+            return None
+        limits = self.spec.limits
+        cpuset = set(parse_cpuset(limits.cpuset_cpus)) if limits.cpuset_cpus else None
+        meter = ComputeMeter(source, allotment(cpuset, limits.cpus))
+        meter.start()
+        return meter
 
     @contextmanager
     def _step(self, name: str) -> Iterator[None]:

@@ -12,6 +12,8 @@ Docker backend's contract step for step: the same environment variables (built f
 inherited), a data view with only train/ and tokenizer/, the same clock (SIGTERM to the candidate at
 the budget, SIGKILL to its process group after the grace), the same capped logs, the same
 `python -m sandbox.incontainer.evaluate` command line, the same classification functions and the same verdict file.
+It measures what TRAIN got of its CPUs the same way too (sandbox/compute.py, over the process tree of
+the candidate, on the CPUs of its affinity), so a starved trial is `starved` here as well.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import IO, Any
 
 from sandbox import audit, trialdir
 from sandbox import constants as C
+from sandbox.compute import ComputeMeter, ComputeReport, ProcessTree, allotment
 from sandbox.constants import Status
 from sandbox.limits import MiB
 from sandbox.verdict import (
@@ -41,6 +44,7 @@ from sandbox.verdict import (
     TrialSpec,
     Verdict,
     classify_eval,
+    classify_starved,
     classify_train,
 )
 
@@ -118,6 +122,7 @@ class LocalSandbox:
             budget_s=limits.time_budget_s,
             grace_s=limits.kill_grace_s,
             log_limit=limits.log_limit_bytes,
+            measure=True,
         )
         timings["train_wall_s"] = train.wall_s
         logs["train"] = trial_dir / C.TRAIN_LOG_FILE
@@ -134,7 +139,9 @@ class LocalSandbox:
         logger.info("TRAIN outcome: %s; output bytes %d", outcome, used)
         trail.train(outcome, limits, signals=train.signals)
         report: dict[str, Any] | None = None
-        early = classify_train(outcome)
+        if train.compute is not None:
+            logger.info("TRAIN %s", train.compute.summary())
+        early = classify_starved(train.compute, spec.min_compute_share) or classify_train(outcome)
         if early is not None:
             status, val_bpb, reason = early[0], None, early[1]
         else:
@@ -155,6 +162,7 @@ class LocalSandbox:
             images={},
             logs=logs,
             report=report,
+            compute=train.compute,
         )
 
     def _evaluate(
@@ -222,12 +230,22 @@ class _Process:
     peak_rss_bytes: int | None
     # signal -> (seconds after the start, epoch time), as the controller sent it
     signals: dict[str, tuple[float, float]] = field(default_factory=dict)
+    compute: ComputeReport | None = None  # with `measure`: what it got of its CPUs (sandbox/compute.py)
 
 
 def _run(
-    cmd: list[str], *, env: dict[str, str], cwd: Path, budget_s: float, grace_s: float | None, log_limit: int
+    cmd: list[str],
+    *,
+    env: dict[str, str],
+    cwd: Path,
+    budget_s: float,
+    grace_s: float | None,
+    log_limit: int,
+    measure: bool = False,
 ) -> _Process:
-    """Run one process with the controller's clock; its stdout and stderr are kept, capped, in memory."""
+    """Run one process with the controller's clock; its stdout and stderr are kept, capped, in memory.
+
+    With `measure`, its process tree's share of the CPUs it may use (its affinity) is sampled."""
     try:
         proc = subprocess.Popen(
             cmd,
@@ -247,6 +265,10 @@ def _run(
     sigterm_sent = sigkilled = False
     signals: dict[str, tuple[float, float]] = {}
     peak_rss: int | None = None
+    meter: ComputeMeter | None = None
+    if measure:
+        meter = ComputeMeter(ProcessTree(proc.pid), allotment(set(os.sched_getaffinity(proc.pid)), None))
+        meter.start()
     try:
         while True:
             pid, status = os.waitpid(proc.pid, os.WNOHANG)
@@ -269,8 +291,11 @@ def _run(
             time.sleep(POLL_S)
     except BaseException:  # an interrupted controller takes the process group down before unwinding
         _killpg(proc.pid)
+        if meter is not None:
+            meter.stop()
         raise
     wall = time.monotonic() - start
+    compute = meter.stop() if meter is not None else None
     code = os.waitstatus_to_exitcode(status)
     proc.returncode = code  # reaped here; keeps Popen from waiting again
     _killpg(proc.pid)  # whatever it left behind dies with it, as in a container
@@ -283,6 +308,7 @@ def _run(
         log=reader.text(),
         peak_rss_bytes=peak_rss,
         signals=signals,
+        compute=compute,
     )
 
 

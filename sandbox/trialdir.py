@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sandbox import constants as C
+from sandbox.compute import ComputeReport
 from sandbox.constants import Status
 from sandbox.incontainer.fileio import atomic_write
 from sandbox.verdict import DataMissing, TrialSpec, Verdict, claimed_val_bpb
@@ -124,6 +125,7 @@ def finish(
     images: dict[str, str],
     logs: dict[str, Path],
     report: dict[str, Any] | None,
+    compute: ComputeReport | None = None,
 ) -> Verdict:
     """Build the verdict, write verdict.json into the trial folder, and return it."""
     verdict = Verdict(
@@ -152,6 +154,8 @@ def finish(
         gpu_ids=list(spec.gpu_ids),
         seed=spec.seed,
         backend=backend,
+        compute_share=None if compute is None else compute.share,
+        compute=None if compute is None else compute.model_dump(mode="json"),
     )
     atomic_write(spec.trial_dir / C.VERDICT_FILE, verdict.model_dump_json(indent=2) + "\n", durable=False)
     logger.info(

@@ -4,7 +4,8 @@ Statuses are values, infrastructure failures are exceptions: `classify` turns wh
 the TRAIN container, and the evaluator's report, into exactly one `Status`; anything that is not the
 candidate's doing (engine down, image missing, evaluator unable to start) is a `SandboxError` and
 never becomes a verdict. Both backends share `classify`, so they cannot disagree on what a given
-outcome means.
+outcome means. `classify_starved` comes first: a TRAIN the host denied its compute (sandbox/compute.py)
+is `starved`, a status about the host that the loop re-runs and never judges.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from sandbox.compute import ComputeReport
 from sandbox.constants import EVALUATOR_ERROR_EXIT, ExitCode, Status
 from sandbox.limits import Limits
 
@@ -70,6 +72,8 @@ class TrialSpec(BaseModel):
     limits: Limits
     seed: int = 0
     gpu_ids: tuple[str, ...] = ()
+    # Below this share of its compute (sandbox/compute.py) TRAIN counts as starved; 0 turns it off.
+    min_compute_share: float = Field(default=0.85, ge=0, le=1)
 
 
 class TrainOutcome(BaseModel):
@@ -118,6 +122,8 @@ class Verdict(BaseModel):
     gpu_ids: list[str] = Field(default_factory=list)
     seed: int = 0
     backend: str = ""
+    compute_share: float | None = None  # of TRAIN (sandbox/compute.py); None: not measured
+    compute: dict[str, Any] | None = None  # the evidence: cpu, wait, denied, throttled seconds, how
 
 
 # --------------------------------------------------------------------------- classification
@@ -142,6 +148,20 @@ def classify_train(outcome: TrainOutcome) -> tuple[Status, str] | None:
     if not outcome.artifact_present:
         return Status.CRASH, "train.py exited 0 but wrote no model.pt2"
     return None
+
+
+def classify_starved(compute: ComputeReport | None, min_share: float) -> tuple[Status, str] | None:
+    """STARVED when TRAIN got less than `min_share` of its compute, whatever else happened to it.
+
+    It comes before every other classification: a timeout or a poor score under starvation was
+    decided by the host, not by the candidate, so the trial is run again rather than judged.
+    """
+    if compute is None or not compute.starved(min_share):
+        return None
+    return Status.STARVED, (
+        f"the host starved TRAIN: {compute.summary()}, below the minimum {min_share:.2f}; "
+        "not the candidate's result (run again on a quieter host)"
+    )
 
 
 def classify_report(report: dict[str, Any]) -> tuple[Status, float | None, str]:

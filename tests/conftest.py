@@ -101,13 +101,22 @@ def make_spec(tmp_path: Path) -> Callable[..., TrialSpec]:
     """Build a TrialSpec for a candidate (a name in tests/candidates/ or a path), with short limits.
 
     Keyword arguments override the test limits (a 3 s budget, 1 s grace, 512 MiB, 16 MiB output).
+    `min_compute_share` is 0 unless asked: these tests are about the candidate's verdict, and a shared
+    test host must not turn them into `starved` (tests/test_sandbox_starved_trials_are_not_results.py).
     """
     import uuid
 
     from sandbox.limits import Limits
     from sandbox.verdict import TrialSpec
 
-    def build(candidate: str | Path, *, profile: str = "tiny", seed: int = 0, **limits: object) -> TrialSpec:
+    def build(
+        candidate: str | Path,
+        *,
+        profile: str = "tiny",
+        seed: int = 0,
+        min_compute_share: float = 0.0,
+        **limits: object,
+    ) -> TrialSpec:
         path = candidate if isinstance(candidate, Path) else CANDIDATES / f"{candidate}.py"
         trial_id = f"test-{path.stem.replace('_', '-')}-{uuid.uuid4().hex[:6]}"
         base: dict[str, object] = {
@@ -125,6 +134,7 @@ def make_spec(tmp_path: Path) -> Callable[..., TrialSpec]:
             profile=profile,
             limits=Limits.model_validate(base | limits),
             seed=seed,
+            min_compute_share=min_compute_share,
         )
 
     return build

@@ -1,8 +1,8 @@
 """The judge keeps a candidate only when it beats the bar by more than the measured noise, confirmed
-by a second seed, and lets ties go to the shorter train.py.
+by paired runs of it and the best, and lets ties go to the shorter train.py.
 
 Attacks and accidents this defeats: a lucky seed passed off as an improvement (one run is never
-enough: both runs must clear the bar on their own); noise mistaken for progress (the threshold is
+enough: the paired confirmation decides); noise mistaken for progress (the threshold is
 k·std of repeated baseline runs, floored at min_delta); a chain of "equal but shorter" keeps
 drifting the score upwards (the bar never rises); a resumed run judging differently from the
 original (the state is rebuilt from recorded decisions, never re-judged).
@@ -23,6 +23,7 @@ from harness.judge import (
     Kind,
     code_lines,
     judge,
+    judge_paired,
     noise_floor,
     replay,
 )
@@ -80,17 +81,20 @@ def test_a_gain_beyond_the_threshold_asks_for_confirmation_first() -> None:
         _ = j.decision
 
 
-def test_confirmed_when_both_runs_clear_the_bar_and_scored_at_their_mean() -> None:
+def test_a_paired_confirmation_beyond_the_noise_is_kept_and_scored_at_the_candidates_mean() -> None:
+    noise = noise_floor([1.0, 1.01, 0.99], noise_k=2.0, min_delta=0.001)  # s 0.01, df 2
+    j = judge_paired(best(), noise, 0.97, [(0.96, 1.0), (0.965, 1.0)], 100, SETTINGS)
+    assert j.decision is Decision.KEEP and j.kind is Kind.IMPROVEMENT
+    assert j.score == pytest.approx((0.97 + 0.96 + 0.965) / 3)
+    assert j.mean_diff == pytest.approx(-0.0375) and j.df == 2
+    # t(0.95, 2) = 2.92: the mean difference must be below -2.92 * 0.01 * sqrt(2/2).
+    assert j.paired_threshold == pytest.approx(2.919986 * 0.01, rel=1e-4)
+
+
+def test_a_lucky_first_seed_is_not_enough_the_pairs_decide() -> None:
     noise = noise_floor([1.0, 1.01, 0.99], noise_k=2.0, min_delta=0.001)
-    j = judge(best(), noise, [0.97, 0.975], 100, SETTINGS)
-    assert j.decision is Decision.KEEP
-    assert j.score == pytest.approx(0.9725) and j.worst == 0.975
-
-
-def test_a_lucky_first_seed_is_not_enough_the_worse_run_decides() -> None:
-    noise = noise_floor([1.0, 1.01, 0.99], noise_k=2.0, min_delta=0.001)  # threshold 0.02
-    # The mean (0.9775) would clear 1.0 - 0.02; the worse run (0.985) does not.
-    j = judge(best(), noise, [0.97, 0.985], 100, SETTINGS)
+    assert judge(best(), noise, [0.97], 100, SETTINGS).action is Action.CONFIRM
+    j = judge_paired(best(), noise, 0.97, [(1.0, 0.995), (0.99, 1.0)], 100, SETTINGS)
     assert j.decision is Decision.DISCARD
     assert "not confirmed" in j.reason
 
@@ -121,9 +125,11 @@ def test_a_tie_with_fewer_code_lines_is_a_keep() -> None:
     noise = noise_floor([1.0, 1.01, 0.99], noise_k=2.0, min_delta=0.001)
     first = judge(best(lines=100), noise, [1.005], 90, SETTINGS)
     assert first.action is Action.CONFIRM and first.kind is Kind.SIMPLIFICATION
-    final = judge(best(lines=100), noise, [1.005, 0.995], 90, SETTINGS)
+    final = judge_paired(best(lines=100), noise, 1.005, [(1.0, 0.995), (0.995, 1.0)], 90, SETTINGS)
     assert final.decision is Decision.KEEP and final.kind is Kind.SIMPLIFICATION
     assert "shorter" in final.reason
+    worse = judge_paired(best(lines=100), noise, 1.005, [(1.05, 1.0), (1.06, 1.0)], 90, SETTINGS)
+    assert worse.decision is Decision.DISCARD  # shorter, but detectably worse in the pairs
 
 
 def test_a_tie_with_as_many_lines_is_a_discard() -> None:
@@ -141,7 +147,7 @@ def test_the_bar_never_rises_after_a_simplification() -> None:
     for v in (1.0, 1.01, 0.99):
         state = state.with_baseline(v, trial_id="b", commit="r" * 40, lines=100, settings=SETTINGS)
     assert state.noise is not None and state.best is not None
-    j = judge(state.best, state.noise, [1.01, 1.015], 90, SETTINGS)
+    j = judge_paired(state.best, state.noise, 1.01, [(1.015, 1.0), (1.0125, 1.0)], 90, SETTINGS)
     assert j.decision is Decision.KEEP
     after = state.after_keep(j, trial_id="t0005", commit="d" * 40)
     assert after.best is not None

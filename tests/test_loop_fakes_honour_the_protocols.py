@@ -21,9 +21,10 @@ from harness.config import RetrySettings, RunConfig
 from harness.judge import JudgeSettings
 from sandbox import trialdir
 from sandbox.backend import Sandbox
+from sandbox.compute import ComputeReport
 from sandbox.constants import TRAIN_LOG_FILE, VERDICT_FILE, Status
 from sandbox.limits import Limits
-from sandbox.verdict import SandboxError, TrialSpec, Verdict
+from sandbox.verdict import SandboxError, TrialSpec, Verdict, classify_starved
 
 START = '''"""A stand-in train.py for the loop's tests: the fake sandbox reads SCORE and OUTCOME."""
 
@@ -57,10 +58,14 @@ class FakeSandbox:
         noise: float = 0.0,
         infra_failures: int = 0,
         on_run: Callable[[TrialSpec], None] | None = None,
+        starve: Callable[[int], bool] | None = None,
+        drift: Callable[[int], float] | None = None,
     ) -> None:
         self.noise = noise
         self.infra_failures = infra_failures  # the next N calls raise SandboxError
         self.on_run = on_run
+        self.starve = starve  # starve(k): the k-th call (from 0) comes back starved
+        self.drift = drift  # drift(k): what the host adds to the k-th call's score (it sped up: < 0)
         self.calls: list[TrialSpec] = []
 
     def run_trial(self, spec: TrialSpec) -> Verdict:
@@ -73,8 +78,12 @@ class FakeSandbox:
         text = spec.candidate.read_text(encoding="utf-8")
         score_match, outcome_match = _SCORE.search(text), _OUTCOME.search(text)
         status = Status(outcome_match.group(1)) if outcome_match else Status.OK
+        if self.starve is not None and self.starve(len(self.calls) - 1):
+            return self._starved(spec)
         score = float(score_match.group(1)) if score_match else 1.0
         score += self.noise * jitter(spec.seed)
+        if self.drift is not None:
+            score += self.drift(len(self.calls) - 1)
         spec.trial_dir.mkdir(parents=True, exist_ok=True)
         log = f"step 00001 loss 3.2\nval_bpb: {score / 2:.6f}\n".encode()  # a forged claim, never trusted
         (spec.trial_dir / TRAIN_LOG_FILE).write_bytes(log)
@@ -91,6 +100,27 @@ class FakeSandbox:
             images={"trainer": "sha256:" + "f" * 64},
             logs={"train": spec.trial_dir / TRAIN_LOG_FILE},
             report={"status": "ok", "val_bpb": score, "artifact_sha256": "a" * 64} if ok else None,
+        )
+
+    def _starved(self, spec: TrialSpec) -> Verdict:
+        """What a backend returns when the host took TRAIN's CPUs: no score, the evidence."""
+        spec.trial_dir.mkdir(parents=True, exist_ok=True)
+        (spec.trial_dir / TRAIN_LOG_FILE).write_bytes(b"step 00001 loss 3.2\n")
+        compute = ComputeReport(share=0.4, cpu_s=8, wait_s=12, denied_s=12, allotment_cpus=2, wall_s=10)
+        status, reason = classify_starved(compute, spec.min_compute_share) or (Status.OK, "")
+        return trialdir.finish(
+            spec,
+            backend=self.name,
+            status=status,
+            val_bpb=None,
+            reason=reason,
+            train_log=b"",
+            timings={"total_s": 0.01},
+            peak_memory_bytes=PEAK_BYTES,
+            images={"trainer": "sha256:" + "f" * 64},
+            logs={"train": spec.trial_dir / TRAIN_LOG_FILE},
+            report=None,
+            compute=compute,
         )
 
 

@@ -63,7 +63,8 @@ def test_six_trials_give_six_rows_with_the_exact_header(
     assert rows[2][1] != "0.000000" and len(rows[2][1].split(".")[1]) == 6
     assert rows[0][2] == f"{PEAK_BYTES / 1024**3:.1f}"
     assert rows[3][4] == "raise the score"  # the agent's tab and newline cannot break the format
-    assert len(sandbox.calls) == 6  # 2 baseline + keep and its confirmation + regression + timeout
+    # 2 baseline + the keep's first run and its 2 confirmation pairs (it and the best) + regression + timeout
+    assert len(sandbox.calls) == 2 + 1 + 4 + 1 + 1
 
 
 def test_ledger_rows_carry_the_audit_fields(six_trials: tuple[Path, FakeSandbox, ScriptedAgent]) -> None:
@@ -72,8 +73,12 @@ def test_ledger_rows_carry_the_audit_fields(six_trials: tuple[Path, FakeSandbox,
     assert [r.trial_id for r in records] == [f"t{i:04d}" for i in range(6)]
     keep = records[2]
     assert keep.decision is Decision.KEEP and keep.status is Status.OK
-    assert len(keep.runs) == 2 and len(set(keep.seeds)) == 2  # confirmed with another seed
-    assert keep.val_bpb == pytest.approx(sum(r.val_bpb or 0 for r in keep.runs) / 2)
+    assert len(keep.runs) == 5 and len(set(keep.seeds)) == 3  # the first run, then 2 pairs, a seed each
+    assert [r.role for r in keep.runs] == ["candidate", "candidate", "best", "best", "candidate"]
+    assert [r.pair for r in keep.runs] == [0, 1, 1, 2, 2]
+    assert {r.commit for r in keep.runs if r.role == "best"} == {records[0].candidate_commit}
+    mine = [r.val_bpb or 0 for r in keep.runs if r.role == "candidate"]
+    assert keep.val_bpb == pytest.approx(sum(mine) / 3)  # the candidate's runs, not the best's
     assert keep.claimed_val_bpb is not None and keep.claimed_val_bpb < 0.5  # recorded, not trusted
     assert keep.judge is not None and keep.judge["threshold"] > 0
     assert keep.images == {"trainer": "sha256:" + "f" * 64} and keep.limits["time_budget_s"] == 5

@@ -25,6 +25,7 @@ from harness.config import RunConfig
 from harness.judge import JudgeSettings
 from harness.ledger import canonical, row_hash
 from harness.loop import LoopError, ResearchLoop
+from sandbox.constants import ExitCode
 from tests.test_loop_fakes_honour_the_protocols import (
     PROGRAM,
     START,
@@ -158,7 +159,7 @@ def test_the_run_command_refuses_to_resume_on_an_edited_ledger(
     edited = ledger.read_bytes()
     capsys.readouterr()
 
-    assert main([*argv, "--max-trials", "4"]) == loop_cmds.EXIT_ERROR == 1
+    assert main([*argv, "--max-trials", "4"]) == ExitCode.ERROR == 1
     err = capsys.readouterr().err
     assert f"error: the ledger runs/tiny-replay/ledger.jsonl does not verify: row {bad_row} " in err
     assert why in err and "will not continue on edited history" in err

@@ -69,6 +69,7 @@ seed = 0
 [judge]
 baseline_repeats = 1
 confirm_keeps = false
+min_compute_share = 0.0  # crash safety is tested here, not the host: a loaded one must not pause the run
 [retries]
 sandbox_backoff_s = 1.0
 trial_starts = {{trial_starts}}

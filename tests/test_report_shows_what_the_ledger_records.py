@@ -42,7 +42,8 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
             Proposal(train_py="def (", description="broken"),
         ]
     )
-    ResearchLoop(config, FakeSandbox(noise=0.002), agent, sleep=Sleeps()).run()
+    sandbox = FakeSandbox(noise=0.002, starve=lambda k: k == 1)  # the host starved the second baseline run
+    ResearchLoop(config, sandbox, agent, sleep=Sleeps()).run()
     return config.run_dir
 
 
@@ -61,6 +62,23 @@ def test_report_writes_a_png_and_markdown_with_the_kept_diffs(run_dir: Path) -> 
     assert "1 oom" in text and "1 crash" in text
     view = load_run(run_dir)
     assert view.state.best is not None and f"best {view.state.best.val_bpb:.6f}" in text
+
+
+def test_report_shows_the_paired_runs_the_pooled_noise_and_the_starved_runs(run_dir: Path) -> None:
+    text = render_markdown(load_run(run_dir))
+    records = Ledger(run_dir / "ledger.jsonl").records()
+    confirmed = [r for r in records if any(run.role == "best" for run in r.runs)]
+    assert confirmed and "## Paired confirmations" in text
+    for r in confirmed:
+        for run in r.runs:
+            if run.pair and run.val_bpb is not None:
+                assert f"| {r.trial_id} | {r.decision.value} | {run.pair} | {run.seed} |" in text
+                assert f"{run.val_bpb:.6f}" in text
+    view = load_run(run_dir)
+    assert view.state.noise is not None
+    assert f"pooled over {view.state.noise.runs} repeated runs (df {view.state.noise.df})" in text
+    assert view.state.noise.runs > view.state.noise.n  # more than the baseline runs
+    assert "starved runs (the host took the CPUs; re-run, never judged): 1 in 1 trial(s)" in text
 
 
 def test_plot_survives_runs_without_any_score(tmp_path: Path, run_dir: Path) -> None:

@@ -39,6 +39,7 @@ def _spec(tmp_path: Path, name: str, **overrides: object) -> TrialSpec:
         trial_dir=tmp_path / name,
         profile="tiny",
         limits=Limits.for_profile("tiny", kill_grace_s=GRACE_S, **overrides),
+        min_compute_share=0.0,  # likewise: a loaded machine must not make it `starved` (measured all the same)
     )
 
 
@@ -49,6 +50,12 @@ def test_baseline_scores_under_runc(docker_sandbox: DockerSandbox, tmp_path: Pat
     assert verdict.report is not None and verdict.report["val_bpb"] == verdict.val_bpb
     assert verdict.peak_memory_gb is not None and verdict.peak_memory_gb > 0
     assert verdict.timings["train_wall_s"] < Limits.for_profile("tiny").time_budget_s + GRACE_S
+    # What TRAIN got of its CPUs is measured from the host, from the container's own cgroup.
+    assert verdict.compute is not None and verdict.compute_share is not None, verdict.compute
+    assert verdict.compute["how"].startswith("schedstat of the tasks of cgroup")
+    assert (
+        verdict.compute["cpu_s"] > 1.0 and verdict.compute["tasks"] >= 2 and verdict.compute["samples"] > 10
+    )
 
 
 def test_baseline_scores_under_runsc(

@@ -7,7 +7,8 @@ it is re-run to confirm it; worker 1's candidate B, better still, runs once A's 
 started, and A's confirmation waits until B has landed as a keep. A (0.95) is then discarded against B's bar (0.90), though it beat the baseline
 (1.0) it started from; worker 0's next proposal is made from B's train.py. In the second race A
 (0.80) beats B: it is kept against B's bar, the branch moves to A, and B stays reachable under
-refs/autoresearch/superseded/.
+refs/autoresearch/superseded/. A's paired runs ran against the baseline; it is judged against B
+through B's own paired difference to that same baseline (both drift-free).
 
 Judging a trial against the state read when it started (instead of re-reading the ledger under the
 lock in `_record`) keeps A in the first race: the assertion on its decision fails.
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
+
+import pytest
 
 from harness.agents.base import AgentContext, Proposal
 from harness.agents.fake import ScriptedAgent
@@ -84,10 +87,12 @@ def test_a_keep_that_lands_late_is_judged_against_the_new_best(tmp_path: Path) -
     slow, fast = records["slow"], records["fast"]
     assert fast.decision is Decision.KEEP
     assert slow.parent_commit == fast.parent_commit, "both started from the baseline"
-    assert len(slow.runs) == 2, "the slow candidate beat the baseline, so it was re-run to confirm"
+    assert len(slow.runs) == 5, "the slow candidate beat the baseline, so it was confirmed on 2 pairs"
     assert slow.decision is Decision.DISCARD, slow.reason
     assert slow.judge is not None and slow.judge["bar"] == fast.val_bpb == 0.90
-    assert "worse than the bar 0.900000" in slow.reason
+    assert slow.judge["best_commit"] == fast.candidate_commit
+    assert slow.judge["mean_diff"] == pytest.approx(0.95 - 0.90)  # against B, through B's own pairs
+    assert "not confirmed" in slow.reason and "through the 1 keep(s)" in slow.reason
 
     # Worker 0's next proposal starts from the keep that worker 1 landed meanwhile.
     assert len(seen) == 1
@@ -105,6 +110,7 @@ def test_a_better_keep_that_lands_late_replaces_the_new_best(tmp_path: Path) -> 
     slow, fast = records["slow"], records["fast"]
     assert fast.decision is Decision.KEEP and slow.decision is Decision.KEEP
     assert slow.judge is not None and slow.judge["bar"] == 0.90, "judged against the keep that landed first"
+    assert slow.judge["mean_diff"] == pytest.approx(0.80 - 0.90)
     assert records["after the race"].parent_commit == slow.candidate_commit
     lineage = Lineage(config.run_dir / "lineage", config.run_tag)
     assert lineage.head() == slow.candidate_commit

@@ -39,6 +39,7 @@ workers = 2
 max_trials = 2
 [judge]
 baseline_repeats = 2
+min_compute_share = 0.0  # stopping is tested here, not the host: a loaded one must not pause the run
 [limits]
 time_budget_s = 60
 kill_grace_s = 2

@@ -38,7 +38,12 @@ EVALUATOR_ERROR_EXIT: Final = 2  # the evaluator could not run (its own failure,
 
 
 class Status(StrEnum):
-    """A trial's verdict about the candidate. Infrastructure failures are exceptions, never a Status."""
+    """A trial's verdict about the candidate. Infrastructure failures are exceptions, never a Status.
+
+    Except STARVED: the host denied the trial its compute (sandbox/compute.py), so the trial says
+    nothing about the candidate. It is a value because the trial did run to an end, but it is never
+    judged: the loop re-runs it (harness/loop.py) and never records it as a keep, discard or crash.
+    """
 
     OK = "ok"
     CRASH = "crash"
@@ -46,3 +51,4 @@ class Status(StrEnum):
     OOM = "oom"
     OUTPUT_LIMIT = "output_limit"
     REJECTED = "rejected"
+    STARVED = "starved"

@@ -163,7 +163,7 @@ def _run_one(
         sys.executable, "-m", "harness", "trial", str(_candidate(name, out_root)),
         "--profile", "tiny", "--runtime", runtime, "--data-dir", str(data_dir),
         "--trial-dir", str(trial_dir), "--time-budget", str(budget_s),
-        "--kill-grace", str(KILL_GRACE_S), "--json",
+        "--kill-grace", str(KILL_GRACE_S), "--min-compute-share", "0", "--json",
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
     last = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else "{}"
