@@ -1254,6 +1254,7 @@ class ResearchLoop:
             gpu_ids=v.gpu_ids,
             backend=v.backend,
             artifact_sha256=artifact if isinstance(artifact, str) else None,
+            node=v.node,
         )
 
     @staticmethod
