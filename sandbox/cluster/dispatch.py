@@ -329,9 +329,8 @@ class RaySandbox:
             data_dir=self.data_dir,
         )
 
-    def _dispatch(self, spec: TrialSpec, source: str, node: NodeFacts, dispatch: Dispatch) -> Verdict | None:
-        """The verdict, or None when the node was lost and the trial must go elsewhere."""
-        ray = _ray()
+    def submit(self, spec: TrialSpec, source: str, node: NodeFacts, dispatch: Dispatch) -> Any:
+        """Send an opened dispatch to its node; the Ray ObjectRef of its return."""
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         payload = self.payload(spec, source, dispatch)
@@ -342,7 +341,7 @@ class RaySandbox:
             dispatch.attempt,
             node.node_name,
         )
-        ref = (
+        return (
             self._task()
             .options(
                 num_cpus=0,
@@ -354,6 +353,11 @@ class RaySandbox:
             )
             .remote(self.runner, payload.model_dump_json())
         )
+
+    def _dispatch(self, spec: TrialSpec, source: str, node: NodeFacts, dispatch: Dispatch) -> Verdict | None:
+        """The verdict, or None when the node was lost and the trial must go elsewhere."""
+        ray = _ray()
+        ref = self.submit(spec, source, node, dispatch)
         limits = spec.limits
         deadline = (
             time.monotonic()
