@@ -9,8 +9,10 @@ a `trial_slot` (node affinity, soft=False) reaps orphaned sandbox containers the
 trainer image id, the data's manifest hash, the hardware class, and (DockerNodeRunner) runs the
 isolation preflight. The run pins one image id, one data hash and one hardware class: taken from
 `cluster.json` in the run folder when it exists (a resumed run keeps its pins), else from the
-arguments, else from the first node that answers (nodes in id order). A node that differs in any
-of the three, or reports a problem, is refused: no trial is ever dispatched to it. A wall-clock
+arguments (the CLI passes the controller host's own trainer image and data, when it has them),
+and what the arguments leave open from the most common answer among the nodes (ties: the lowest
+node id). A node that differs in any of the three, or reports a problem, is refused: no trial is
+ever dispatched to it. A wall-clock
 budget means nothing across hardware, so one run compares trials of one class only; to use two
 classes, run two runs.
 
@@ -237,10 +239,15 @@ class RaySandbox:
                     f"{f.node_name}: {', '.join(f.problems) or 'no image or data'}" for f in facts.values()
                 )
             )
-        first = next(
-            (f for f in usable if (image in (None, f.image_id)) and (data in (None, f.data_sha256))),
-            usable[0],
-        )
+        agreeing = [f for f in usable if image in (None, f.image_id) and data in (None, f.data_sha256)]
+        if not agreeing:
+            raise ClusterUnavailable(
+                f"no node has the pinned image {image} and data {data}: "
+                + "; ".join(f"{f.node_name}: image {f.image_id}, data {f.data_sha256}" for f in usable)
+            )
+        votes = Counter((f.image_id, f.data_sha256, f.hardware_class) for f in agreeing)
+        top = max(votes.values())
+        first = next(f for f in agreeing if votes[(f.image_id, f.data_sha256, f.hardware_class)] == top)
         pins = ClusterPins(
             image_id=image or str(first.image_id),
             data_sha256=data or str(first.data_sha256),
