@@ -81,6 +81,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="USD",
         help="stop (exit 9) once the agent has cost this much over the whole run; resume with a higher cap",
     )
+    run.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="dispatch each trial to a verified node of this Ray cluster (`auto` or HOST:PORT; token "
+        "auth from RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH); --backend is what runs on the nodes",
+    )
     run.set_defaults(func=cmd_run)
 
     status = sub.add_parser("status", help="a run's key numbers and last trials")
@@ -225,7 +231,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         _err(f"the {agent_choice.value} agent cannot start: {exc}")
         return EXIT_CONFIG
     try:
-        sandbox = _make_sandbox(settings.backend, settings.data_dir)
+        if args.ray:
+            sandbox = _make_ray_sandbox(
+                args.ray, settings.backend, profile.value, limits, run_dir, settings.data_dir
+            )
+        else:
+            sandbox = _make_sandbox(settings.backend, settings.data_dir)
     except EngineUnavailable as exc:
         _err(str(exc))
         return EXIT_ENGINE
@@ -263,6 +274,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 agent,
                 progress=make_progress(),
                 agent_factory=_agent_factory(agent_choice.value, agent_settings),
+                leases=_cluster_seats() if args.ray else None,
             ).run()
     except KeyboardInterrupt:
         _err(f"interrupted; everything recorded so far is in {run_dir}. Run the same command to resume.")
@@ -357,6 +369,57 @@ def _make_sandbox(backend: str, data_dir: Path | None) -> Any:
     from sandbox.docker_backend import DockerSandbox
 
     return DockerSandbox(data_dir=data_dir)
+
+
+def _make_ray_sandbox(
+    address: str, backend: str, profile: str, limits: Any, run_dir: Path, data_dir: Path | None
+) -> Any:
+    """A RaySandbox whose nodes run `backend`; it pins this host's trainer image and data when it
+    has them (else the nodes' majority, sandbox/cluster/dispatch.py)."""
+    import prepare
+    from sandbox.cluster import node
+    from sandbox.cluster.dispatch import RaySandbox
+
+    runner: Any
+    image_id: str | None = None
+    if backend == "local":
+        runner, image_id = node.LocalNodeRunner(), node.LocalNodeRunner.IMAGE_ID
+    else:
+        from sandbox.docker_backend import connect, resolve_image
+        from sandbox.verdict import SandboxError
+
+        runner = node.DockerNodeRunner()
+        try:
+            image_id = resolve_image(connect())
+        except SandboxError as exc:
+            logger.info("no trainer image on this host to pin (%s): the nodes' majority decides", exc)
+    data_sha256 = prepare.verify_data(data_dir or prepare.data_dir(profile))
+    sandbox = RaySandbox(
+        address,
+        run_dir,
+        profile=profile,
+        limits=limits,
+        runner=runner,
+        data_dir=data_dir,
+        image_id=image_id,
+        data_sha256=data_sha256,
+        preflight=backend != "local",
+    )
+    cluster = sandbox.describe()
+    print(
+        f"ray cluster {address}: {len(cluster['nodes'])} verified node(s) ({', '.join(cluster['nodes'].values())}); "
+        f"pinned {cluster['pins']}",
+        file=sys.stderr,
+    )
+    for node_id, why in cluster["refused"].items():
+        print(f"ray node {node_id[:12]} refused: {why}", file=sys.stderr)
+    return sandbox
+
+
+def _cluster_seats() -> Any:
+    from sandbox.cluster.dispatch import DispatchSeats
+
+    return DispatchSeats()
 
 
 def _write_report_quietly(run_dir: Path) -> None:

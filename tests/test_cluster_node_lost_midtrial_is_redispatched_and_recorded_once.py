@@ -79,7 +79,9 @@ def test_node_killed_midtrial(ray_cluster: LocalCluster, tmp_path: Path) -> None
     assert Counter(r.trial_id for r in records).most_common(1)[0][1] == 1
     assert all(run.node is not None and run.node.node_id != doomed for r in records for run in r.runs)
     lost_trial = str(victim["trial"])
-    assert lost_trial in {run.sandbox_trial_id for r in records for run in r.runs}, "the lost trial was recorded"
+    assert lost_trial in {run.sandbox_trial_id for r in records for run in r.runs}, (
+        "the lost trial was recorded"
+    )
 
     runs = sum(len(r.runs) for r in records)
     assert journal_summary(config.run_dir) == {"accepted": runs, "lost": 1}

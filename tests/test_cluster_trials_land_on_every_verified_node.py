@@ -47,7 +47,9 @@ def test_two_nodes_two_workers_every_row_names_its_node(ray_cluster: LocalCluste
             assert names[run.node.node_id] == run.node.node_name
             assert run.node.hardware_class == "cpu:fake"
             seen.add(run.node.node_name)
-            verdict = json.loads((config.run_dir / "trials" / record.trial_id / run.folder / "verdict.json").read_text())
+            verdict = json.loads(
+                (config.run_dir / "trials" / record.trial_id / run.folder / "verdict.json").read_text()
+            )
             assert verdict["node"]["dispatch_id"] == run.node.dispatch_id
     assert seen == set(ray_cluster.nodes), f"trials landed on {seen} only"
 

@@ -60,6 +60,7 @@ from sandbox.cluster.wire import (
     primitive,
     unpack_trial_dir,
 )
+from sandbox.gpu import Lease
 from sandbox.limits import Limits
 from sandbox.trialdir import write_bytes_atomic
 from sandbox.verdict import NodeInfo, SandboxError, TrialSpec, Verdict
@@ -330,7 +331,9 @@ class RaySandbox:
             candidate_source=source,
             profile=spec.profile,  # type: ignore[arg-type]
             seed=spec.seed,
-            limits=spec.limits,
+            # The run's limits with the run's cpuset, not the controller's per-worker lease: that
+            # names CPUs of the controller's host. A node pins its own (AUTORESEARCH_NODE_CPUSET).
+            limits=spec.limits.model_copy(update={"cpuset_cpus": self.limits.cpuset_cpus}),
             image_id=self.pins.image_id,
             data_sha256=self.pins.data_sha256,
             data_dir=self.data_dir,
@@ -493,3 +496,19 @@ class DuplicateResult(SandboxError):
 def journal_summary(run_dir: Path) -> dict[str, int]:
     """How many dispatches ended how (for tests and `status`)."""
     return dict(Counter(DispatchJournal(run_dir).state().values()))
+
+
+class DispatchSeats:
+    """The `--workers` lease table of a cluster run: N seats that hold no device of the controller's
+    host. Each trial's device lease is on its node (its `trial_slot`, and on the gpu profile the GPU
+    ids Ray assigns), so the controller, which may have no GPU and few CPUs, leases nothing locally.
+    The seats are of kind "gpu" with no ids: the worker keeps the run's limits and passes no GPU."""
+
+    kind = "gpu"
+    resources: tuple[str, ...] = ()
+
+    def acquire(self, owner: str, count: int = 1, *, wait_s: float = 0.0, poll_s: float = 0.5) -> Lease:
+        return Lease(self, owner, ())  # type: ignore[arg-type]
+
+    def _release(self, lease: Lease) -> None:
+        """Nothing to give back on the controller's host."""
