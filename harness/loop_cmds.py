@@ -232,7 +232,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     try:
         if args.ray:
-            sandbox = _make_ray_sandbox(
+            from harness.cluster_cmds import make_ray_sandbox
+
+            sandbox = make_ray_sandbox(
                 args.ray, settings.backend, profile.value, limits, run_dir, settings.data_dir
             )
         else:
@@ -274,7 +276,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 agent,
                 progress=make_progress(),
                 agent_factory=_agent_factory(agent_choice.value, agent_settings),
-                leases=_cluster_seats() if args.ray else None,
+                leases=_cluster_seats(args.ray),
             ).run()
     except KeyboardInterrupt:
         _err(f"interrupted; everything recorded so far is in {run_dir}. Run the same command to resume.")
@@ -371,53 +373,11 @@ def _make_sandbox(backend: str, data_dir: Path | None) -> Any:
     return DockerSandbox(data_dir=data_dir)
 
 
-def _make_ray_sandbox(
-    address: str, backend: str, profile: str, limits: Any, run_dir: Path, data_dir: Path | None
-) -> Any:
-    """A RaySandbox whose nodes run `backend`; it pins this host's trainer image and data when it
-    has them (else the nodes' majority, sandbox/cluster/dispatch.py)."""
-    import prepare
-    from sandbox.cluster import node
-    from sandbox.cluster.dispatch import RaySandbox
-
-    runner: Any
-    image_id: str | None = None
-    if backend == "local":
-        runner, image_id = node.LocalNodeRunner(), node.LocalNodeRunner.IMAGE_ID
-    else:
-        from sandbox.docker_backend import connect, resolve_image
-        from sandbox.verdict import SandboxError
-
-        runner = node.DockerNodeRunner()
-        try:
-            image_id = resolve_image(connect())
-        except SandboxError as exc:
-            logger.info("no trainer image on this host to pin (%s): the nodes' majority decides", exc)
-    data_sha256 = prepare.verify_data(data_dir or prepare.data_dir(profile))
-    sandbox = RaySandbox(
-        address,
-        run_dir,
-        profile=profile,
-        limits=limits,
-        runner=runner,
-        data_dir=data_dir,
-        image_id=image_id,
-        data_sha256=data_sha256,
-        preflight=backend != "local",
-    )
-    cluster = sandbox.describe()
-    print(
-        f"ray cluster {address}: {len(cluster['nodes'])} verified node(s) ({', '.join(cluster['nodes'].values())}); "
-        f"pinned {cluster['pins']}",
-        file=sys.stderr,
-    )
-    for node_id, why in cluster["refused"].items():
-        print(f"ray node {node_id[:12]} refused: {why}", file=sys.stderr)
-    return sandbox
-
-
-def _cluster_seats() -> Any:
-    from sandbox.cluster.dispatch import DispatchSeats
+def _cluster_seats(address: str | None) -> Any:
+    """A cluster run leases nothing on this host (harness/cluster_cmds.py); None: the default."""
+    if not address:
+        return None
+    from harness.cluster_cmds import DispatchSeats
 
     return DispatchSeats()
 

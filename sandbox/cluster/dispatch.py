@@ -60,7 +60,6 @@ from sandbox.cluster.wire import (
     primitive,
     unpack_trial_dir,
 )
-from sandbox.gpu import Lease
 from sandbox.limits import Limits
 from sandbox.trialdir import write_bytes_atomic
 from sandbox.verdict import NodeInfo, SandboxError, TrialSpec, Verdict
@@ -496,19 +495,3 @@ class DuplicateResult(SandboxError):
 def journal_summary(run_dir: Path) -> dict[str, int]:
     """How many dispatches ended how (for tests and `status`)."""
     return dict(Counter(DispatchJournal(run_dir).state().values()))
-
-
-class DispatchSeats:
-    """The `--workers` lease table of a cluster run: N seats that hold no device of the controller's
-    host. Each trial's device lease is on its node (its `trial_slot`, and on the gpu profile the GPU
-    ids Ray assigns), so the controller, which may have no GPU and few CPUs, leases nothing locally.
-    The seats are of kind "gpu" with no ids: the worker keeps the run's limits and passes no GPU."""
-
-    kind = "gpu"
-    resources: tuple[str, ...] = ()
-
-    def acquire(self, owner: str, count: int = 1, *, wait_s: float = 0.0, poll_s: float = 0.5) -> Lease:
-        return Lease(self, owner, ())  # type: ignore[arg-type]
-
-    def _release(self, lease: Lease) -> None:
-        """Nothing to give back on the controller's host."""
