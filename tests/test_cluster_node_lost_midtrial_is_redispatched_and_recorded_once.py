@@ -15,8 +15,8 @@ from collections import Counter
 from pathlib import Path
 
 from harness.loop import ResearchLoop
-from sandbox.cluster.dispatch import RaySandbox, journal_summary
-from sandbox.cluster.journal import DispatchJournal
+from sandbox.cluster.dispatch import RaySandbox
+from sandbox.cluster.journal import DispatchJournal, journal_summary
 from tests.ray_cluster import FakeNodeRunner, LocalCluster, marks
 from tests.test_loop_fakes_honour_the_protocols import Sleeps
 from tests.workers_fakes import assert_records_agree, leases_for, scored, workers_config

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from harness.ledger import Ledger
-from sandbox.cluster.dispatch import journal_summary
+from sandbox.cluster.journal import journal_summary
 from tests.ray_cluster import LocalCluster
 
 pytestmark = pytest.mark.docker

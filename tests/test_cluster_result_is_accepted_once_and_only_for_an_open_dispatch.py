@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from harness.ledger import hash_tree
-from sandbox.cluster.dispatch import DuplicateResult, RaySandbox, journal_summary
-from sandbox.cluster.journal import DispatchJournal
+from sandbox.cluster.dispatch import DuplicateResult, RaySandbox
+from sandbox.cluster.journal import DispatchJournal, journal_summary
 from sandbox.cluster.wire import ArchiveError, unpack_trial_dir
 from sandbox.limits import Limits
 from sandbox.verdict import SandboxError, TrialSpec

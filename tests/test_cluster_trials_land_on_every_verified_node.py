@@ -14,8 +14,8 @@ from pathlib import Path
 
 from harness.ledger import RunRecord, TrialRecord
 from harness.loop import ResearchLoop
-from sandbox.cluster.dispatch import RaySandbox, journal_summary
-from sandbox.cluster.journal import DispatchJournal
+from sandbox.cluster.dispatch import RaySandbox
+from sandbox.cluster.journal import DispatchJournal, journal_summary
 from sandbox.constants import Status
 from tests.ray_cluster import FakeNodeRunner, LocalCluster
 from tests.test_loop_fakes_honour_the_protocols import Sleeps

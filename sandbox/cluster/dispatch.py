@@ -43,6 +43,7 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,7 @@ class RaySandbox:
         preflight: bool = True,
         max_retries: int = 1,
         redispatch_limit: int = 3,
+        only_nodes: Collection[str] | None = None,
         connect: bool = True,
     ) -> None:
         self.address = address
@@ -135,6 +137,7 @@ class RaySandbox:
         self.preflight = preflight
         self.max_retries = max_retries
         self.redispatch_limit = redispatch_limit
+        self.only_nodes = frozenset(only_nodes) if only_nodes is not None else None  # None: every slot node
         self._wanted = (image_id, data_sha256)
         self.pins: ClusterPins | None = None
         self.nodes: dict[str, NodeFacts] = {}  # verified, alive as far as we know
@@ -166,7 +169,13 @@ class RaySandbox:
 
     def _slot_nodes(self) -> list[dict[str, Any]]:
         ray = _ray()
-        alive = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get(TRIAL_SLOT, 0) >= 1]
+        alive = [
+            n
+            for n in ray.nodes()
+            if n.get("Alive")
+            and n.get("Resources", {}).get(TRIAL_SLOT, 0) >= 1
+            and (self.only_nodes is None or str(n["NodeID"]) in self.only_nodes)
+        ]
         return sorted(alive, key=lambda n: str(n["NodeID"]))
 
     def setup(self) -> dict[str, NodeFacts]:
@@ -480,18 +489,10 @@ class RaySandbox:
 
     def describe(self) -> dict[str, Any]:
         """The cluster as this controller sees it (for the banner and the report)."""
-        return {
-            "address": self.address,
-            "pins": self.pins.model_dump() if self.pins else None,
-            "nodes": {nid: f.node_name for nid, f in self.nodes.items()},
-            "refused": dict(self.refused),
-        }
+        nodes = {nid: f.node_name for nid, f in self.nodes.items()}
+        pins = self.pins.model_dump() if self.pins else None
+        return {"address": self.address, "pins": pins, "nodes": nodes, "refused": dict(self.refused)}
 
 
 class DuplicateResult(SandboxError):
     """A result arrived for a dispatch that is not open (a Ray retry or a late duplicate): dropped."""
-
-
-def journal_summary(run_dir: Path) -> dict[str, int]:
-    """How many dispatches ended how (for tests and `status`)."""
-    return dict(Counter(DispatchJournal(run_dir).state().values()))

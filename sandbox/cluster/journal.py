@@ -30,6 +30,7 @@ import logging
 import os
 import secrets
 import threading
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -208,3 +209,8 @@ class DispatchJournal:
                 }
             )
             return True
+
+
+def journal_summary(run_dir: Path) -> dict[str, int]:
+    """How many of a run folder's dispatches ended how ("open" for those still open)."""
+    return dict(Counter(DispatchJournal(run_dir).state().values()))
