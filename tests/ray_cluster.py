@@ -11,6 +11,7 @@ commands are what `make ray-local` runs (tests/ray_cluster.py is also its implem
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -199,7 +200,7 @@ def start_cluster(root: Path, nodes: int, *, cpusets: list[str] | None = None) -
         use_token(cluster.env())
         import ray
 
-        ray.init(address=cluster.address, logging_level="WARNING", log_to_driver=False)
+        ray.init(address=cluster.address, logging_level=logging.WARNING, log_to_driver=False)
         for k in range(nodes):
             cluster.add_node(f"node-{k}", cpuset=cpusets[k] if cpusets else None)
     except BaseException:
@@ -213,7 +214,7 @@ def use_token(env: dict[str, str]) -> None:
     config when it is first loaded, so a process that already imported ray reloads that config."""
     os.environ.update(env)
     if "ray" in sys.modules:
-        from ray._raylet import Config
+        from ray._raylet import Config  # type: ignore[attr-defined]
 
         Config.initialize("")
 
