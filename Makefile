@@ -35,7 +35,7 @@ ifeq ($(PY),$(VENV)/bin/python)
 PY_PREREQ := $(VENV)/bin/python
 endif
 
-.PHONY: help install engine engine-userns base wheelhouse images data test test-unit smoke preflight run lint clean ci
+.PHONY: help install engine engine-userns base wheelhouse images data test test-unit smoke preflight run lint clean ci ray-local ray-stop
 
 help:
 	@echo "make run         engine + images + data, then a research run (RUN_ARGS='...' for options)"
@@ -48,6 +48,8 @@ help:
 	@echo "make data        prepare the data for PROFILE=$(PROFILE)"
 	@echo "make smoke       one trial of train.py;  make preflight: the isolation self-test"
 	@echo "make lint        ruff + mypy"
+	@echo "make ray-local NODES=2  a local Ray cluster: a head with no trial slots, NODES worker nodes with one"
+	@echo "                 each (own cpuset), token auth, no dashboard; prints the address.  make ray-stop"
 
 $(VENV)/bin/python:
 	$(BOOTSTRAP_PYTHON) -m venv --system-site-packages $(VENV)
@@ -58,7 +60,7 @@ $(INSTALL_STAMP): pyproject.toml $(PY_PREREQ)
 	  $(PY) -m pip install $(PIP_ARGS) 'torch==$(TORCH_VERSION)+cpu' \
 	    || $(PY) -m pip install $(PIP_ARGS) --extra-index-url $(TORCH_CPU_INDEX_URL) 'torch==$(TORCH_VERSION)+cpu'; \
 	fi
-	$(PY) -m pip install $(PIP_ARGS) -e '.[dev]'
+	$(PY) -m pip install $(PIP_ARGS) -e '.[dev,ray]'
 	@mkdir -p $(@D) && touch $@
 
 install: $(INSTALL_STAMP)
@@ -111,6 +113,17 @@ lint: install
 # The wheelhouse and build stamps; images, data and runs/ are kept.
 clean:
 	rm -rf .build
+
+# A Ray cluster on this host for trying `harness run --ray` (tests/ray_cluster.py does the work and
+# stops it by pid; its state, token and Ray's temp folder live in RAY_ROOT).
+NODES ?= 2
+RAY_ROOT ?= /tmp/autoresearch-ray-$(shell id -u)
+ray-local: install
+	@if [ -f $(RAY_ROOT)/cluster.json ]; then echo "a cluster state is in $(RAY_ROOT): make ray-stop first"; exit 1; fi
+	$(PY) -m tests.ray_cluster start $(RAY_ROOT) $(NODES)
+
+ray-stop:
+	@if [ -d $(RAY_ROOT) ]; then $(PY) -m tests.ray_cluster stop $(RAY_ROOT) && rm -rf $(RAY_ROOT); else echo "no cluster in $(RAY_ROOT)"; fi
 
 ci:
 	CI=true .ci/run

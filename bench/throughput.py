@@ -2,6 +2,11 @@
 
     python bench/throughput.py [--workers 1,2] [--trials 8] [--time-budget S] [--baseline-repeats 2]
                                [--cpus-per-worker 1] [--runtime runsc] [--data-dir D] [--keep DIR] [--json]
+                               [--ray]
+
+`--ray` adds, after the one-host configurations, the same counts as Ray worker nodes on this host
+(one cpuset each; bench/ray_nodes.py), columns "ray 1", "ray 2", ..., and the ratio of the largest
+node count's steady runs/h to the same count of one-host workers (the issue's goal: >= 0.85).
 
 Each configuration is a real `ResearchLoop` run in a fresh run folder, one after the other: the tiny
 profile, the offline agent, the repository's train.py and program.md, DockerSandbox, and a private
@@ -63,6 +68,7 @@ from harness.ledger import Ledger, TrialRecord, verify  # noqa: E402
 from sandbox import constants as C  # noqa: E402
 
 GOAL_RATIO = 1.8
+RAY_GOAL_RATIO = 0.85  # k Ray nodes against k workers on one host, steady runs/h (issue 14)
 
 
 class _Lines:
@@ -113,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="the runs' base seed")
     parser.add_argument("--keep", type=Path, help="keep the run folders under DIR (default: a temp folder)")
     parser.add_argument("--json", action="store_true", help="print one JSON line")
+    parser.add_argument(
+        "--ray", action="store_true", help="also run the counts as Ray worker nodes (one cpuset each)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     for handler in logging.getLogger().handlers:  # the loop raises its loggers to INFO for its files
@@ -135,41 +144,79 @@ def main(argv: list[str] | None = None) -> int:
         for n in counts:
             print(f"{n} worker(s), {args.trials} candidate trials:", file=sys.stderr)
             results.append(_measure(n, args, sandbox, base / f"w{n}", cpus[: n * args.cpus_per_worker]))
+        ray_results = _measure_ray(counts, args, base, cpus) if args.ray else []
     summary = _summarise(results, image=sandbox.image_id, args=args)
+    if ray_results:
+        summary["configs"] = results + ray_results
+        local = {r["workers"]: r for r in results}
+        top = max(r["workers"] for r in ray_results)
+        mine = next(r for r in ray_results if r["workers"] == top)
+        summary["ray_vs_local"] = round(mine["steady_runs_per_hour"] / local[top]["steady_runs_per_hour"], 3)
+        summary["ray_goal_met"] = summary["ray_vs_local"] >= RAY_GOAL_RATIO
     if args.json:
         print(json.dumps(summary, separators=(",", ":")))
     else:
         _print_table(summary)
-    return 0 if all(r["ledger_ok"] and r["cpusets_ok"] for r in results) else 1
+    return 0 if all(r["ledger_ok"] and r["cpusets_ok"] for r in results + ray_results) else 1
 
 
-def _measure(
-    n: int, args: argparse.Namespace, sandbox: Any, run_dir: Path, cpus: list[int]
-) -> dict[str, Any]:
-    from harness.agents import AgentSettings, make_agent
-    from harness.config import RunConfig
-    from harness.loop import ResearchLoop
-    from sandbox.gpu import CpuSetLeases
+def _measure_ray(
+    counts: list[int], args: argparse.Namespace, base: Path, cpus: list[int]
+) -> list[dict[str, Any]]:
+    """The counts as Ray worker nodes: one cluster, a RaySandbox on the first k nodes per configuration."""
+    from bench import ray_nodes
+    from harness.ledger import Ledger
+
+    out: list[dict[str, Any]] = []
+    with ray_nodes.local_cluster(max(counts), cpus, args.cpus_per_worker) as (cluster, by_node):
+        for n in counts:
+            print(f"{n} Ray node(s), {args.trials} candidate trials:", file=sys.stderr)
+            run_dir = base / f"ray{n}"
+            limits = _limits(args)
+            sandbox = ray_nodes.ray_sandbox(cluster, n, run_dir, limits, args.data_dir)
+            result = _measure(n, args, sandbox, run_dir, cpus, ray=True)
+            records = Ledger(run_dir / "ledger.jsonl").records()
+            result["cpusets_ok"] = ray_nodes.cpusets_ok(run_dir, records, by_node)
+            result["label"] = f"ray {n}"
+            out.append(result)
+    return out
+
+
+def _limits(args: argparse.Namespace) -> Any:
     from sandbox.limits import Limits
 
     overrides: dict[str, Any] = {"runtime": args.runtime}
     if args.time_budget is not None:
         overrides["time_budget_s"] = args.time_budget
+    return Limits.for_profile("tiny", **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _measure(
+    n: int, args: argparse.Namespace, sandbox: Any, run_dir: Path, cpus: list[int], *, ray: bool = False
+) -> dict[str, Any]:
+    from harness.agents import AgentSettings, make_agent
+    from harness.cluster_cmds import DispatchSeats
+    from harness.config import RunConfig
+    from harness.loop import ResearchLoop
+    from sandbox.gpu import CpuSetLeases
+
     config = RunConfig(
         run_dir=run_dir,
-        run_tag=f"throughput-w{n}",
+        run_tag=f"throughput-{'ray' if ray else 'w'}{n}",
         profile="tiny",
         agent="offline",
         backend="docker",
         program=ROOT / "program.md",
         train_py=ROOT / "train.py",
-        limits=Limits.for_profile("tiny", **{k: v for k, v in overrides.items() if v is not None}),
+        limits=_limits(args),
         judge=JudgeSettings(baseline_repeats=args.baseline_repeats),
         max_trials=args.trials,
         seed=args.seed,
         workers=n,
     )
-    leases = CpuSetLeases(run_dir.parent / f"leases-w{n}.json", workers=n, cpus=cpus)
+    leases: Any = (
+        DispatchSeats() if ray else CpuSetLeases(run_dir.parent / f"leases-w{n}.json", workers=n, cpus=cpus)
+    )
     settings = AgentSettings(kind="offline", seed=args.seed)
     loop = ResearchLoop(
         config,
@@ -323,7 +370,7 @@ def _print_table(summary: dict[str, Any]) -> None:
         f"{summary['cpus_per_worker']} CPU(s) per worker, runtime {summary['runtime']}, image {summary['image'][:19]}"
     )
     rows = [
-        ("workers", "workers", "{}"),
+        ("configuration", None, ""),
         ("candidate trials/h (after baseline)", "candidates_per_hour", "{:.1f}"),
         ("candidate sandbox runs/h", "candidate_runs_per_hour", "{:.1f}"),
         ("steady candidate trials/h (no tail)", "steady_candidates_per_hour", "{:.1f}"),
@@ -343,6 +390,8 @@ def _print_table(summary: dict[str, Any]) -> None:
         for c in configs:
             if key is not None:
                 cells.append(fmt.format(c[key]))
+            elif label == "configuration":
+                cells.append(c.get("label", f"{c['workers']} workers"))
             elif label.startswith("candidates"):
                 cells.append(f"{c['candidates']} / {c['scored']} / {c['keeps']} / {c['candidate_runs']}")
             elif label.startswith("wall"):
@@ -352,6 +401,12 @@ def _print_table(summary: dict[str, Any]) -> None:
             else:
                 cells.append(f"{c['loadavg_before']:.2f} / {c['loadavg_after']:.2f}")
         print(f"{label:<38}" + "".join(f"{cell:>16}" for cell in cells))
+    if "ray_vs_local" in summary:
+        verdict = "meets" if summary["ray_goal_met"] else "BELOW"
+        print(
+            f"Ray nodes against the same number of workers on one host, steady runs/h: "
+            f"{summary['ray_vs_local']:.2f}x ({verdict} the {RAY_GOAL_RATIO:.2f}x goal)"
+        )
     if len(configs) < 2:
         return
     verdict = "meets" if summary["goal_met"] else "BELOW"

@@ -46,6 +46,7 @@ from harness.judge import JudgedRow, JudgeSettings
 from harness.results import ResultRow
 from sandbox.constants import Decision, Status
 from sandbox.incontainer.fileio import sha256_file
+from sandbox.verdict import NodeInfo
 
 logger = logging.getLogger(__name__)
 
@@ -320,6 +321,8 @@ class RunRecord(BaseModel):
     commit: str | None = None
     pair: int = 0
 
+    node: NodeInfo | None = None  # the cluster node it ran on (written only when set: older rows lack it)
+
 
 class StarvedAttempt(BaseModel):
     """A run the host starved of compute: kept in the trial folder, never judged (harness/loop.py)."""
@@ -402,11 +405,23 @@ class TrialRecord(BaseModel):
     def to_row(self) -> dict[str, Any]:
         """The row to append (the chain keys are the ledger's to set; `canary` only on canary rows,
         `notes_sha256` only on rows whose proposal rewrote the notes, `starved` only on rows that had
-        starved runs)."""
-        exclude = set(CHAIN_KEYS) | ({"canary"} if self.canary is None else set())
-        exclude |= {"notes_sha256"} if self.notes_sha256 is None else set()
-        exclude |= set() if self.starved else {"starved"}
+        starved runs, a run's `node` only for runs on a cluster node)."""
+        exclude: dict[str, Any] = {k: True for k in CHAIN_KEYS}
+        if self.canary is None:
+            exclude["canary"] = True
+        if self.notes_sha256 is None:
+            exclude["notes_sha256"] = True
+        if not self.starved:
+            exclude["starved"] = True
+        local = {i: {"node"} for i, r in enumerate(self.runs) if r.node is None}
+        if local:  # a run on this host: its row is exactly what it was before clusters existed
+            exclude["runs"] = local
         return self.model_dump(mode="json", exclude=exclude)
+
+    @property
+    def nodes(self) -> list[NodeInfo]:
+        """The cluster nodes its runs ran on (empty for a run on the controller's host)."""
+        return [r.node for r in self.runs if r.node is not None]
 
     def result_row(self) -> ResultRow:
         return ResultRow(

@@ -1474,6 +1474,7 @@ class ResearchLoop:
             role=role.role,
             commit=role.commit,
             pair=role.pair,
+            node=v.node,
         )
 
     @staticmethod

@@ -92,6 +92,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="USD",
         help="stop (exit 9) once the agent has cost this much over the whole run; resume with a higher cap",
     )
+    run.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="dispatch each trial to a verified node of this Ray cluster (`auto` or HOST:PORT; token "
+        "auth from RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH); --backend is what runs on the nodes",
+    )
     run.set_defaults(func=cmd_run)
 
     status = sub.add_parser("status", help="a run's key numbers and last trials")
@@ -249,7 +255,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         _err(f"the {agent_choice.value} agent cannot start: {exc}")
         return ExitCode.CONFIG
     try:
-        sandbox = _make_sandbox(settings.backend, settings.data_dir)
+        if args.ray:
+            from harness.cluster_cmds import make_ray_sandbox
+
+            sandbox = make_ray_sandbox(
+                args.ray, settings.backend, profile.value, limits, run_dir, settings.data_dir
+            )
+        else:
+            sandbox = _make_sandbox(settings.backend, settings.data_dir)
     except EngineUnavailable as exc:
         _err(str(exc))
         return ExitCode.ENGINE
@@ -287,6 +300,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 agent,
                 progress=make_progress(),
                 agent_factory=_agent_factory(agent_choice.value, agent_settings),
+                leases=_cluster_seats(args.ray),
             ).run()
     except KeyboardInterrupt:
         _err(f"interrupted; everything recorded so far is in {run_dir}. Run the same command to resume.")
@@ -378,6 +392,15 @@ def _make_sandbox(backend: str, data_dir: Path | None) -> Any:
     from sandbox.docker_backend import DockerSandbox
 
     return DockerSandbox(data_dir=data_dir)
+
+
+def _cluster_seats(address: str | None) -> Any:
+    """A cluster run leases nothing on this host (harness/cluster_cmds.py); None: the default."""
+    if not address:
+        return None
+    from harness.cluster_cmds import DispatchSeats
+
+    return DispatchSeats()
 
 
 def _write_report_quietly(run_dir: Path) -> None:

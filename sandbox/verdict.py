@@ -103,6 +103,18 @@ class EvalOutcome(BaseModel):
     wall_s: float = 0.0
 
 
+class NodeInfo(BaseModel):
+    """Where a trial ran when it was dispatched to a cluster node (sandbox/cluster/): the controller
+    fills it from what that node's setup verified, never from what the trial's return claims."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    node_id: str  # the cluster's id of the node (Ray's hex node id)
+    node_name: str  # a readable name (Ray's node name: its address, or `ray start --node-name`)
+    hardware_class: str  # "cpu:<model name>" or "gpu:<device name>": trials compare only within one
+    dispatch_id: str = ""  # the dispatch journal's id of the accepted dispatch
+
+
 class Verdict(BaseModel):
     """The result of one trial. `val_bpb` is set only when `status` is ok, and only from the evaluator."""
 
@@ -124,6 +136,7 @@ class Verdict(BaseModel):
     backend: str = ""
     compute_share: float | None = None  # of TRAIN (sandbox/compute.py); None: not measured
     compute: dict[str, Any] | None = None  # the evidence: cpu, wait, denied, throttled seconds, how
+    node: NodeInfo | None = None  # set only for a trial run on a cluster node
 
 
 # --------------------------------------------------------------------------- classification

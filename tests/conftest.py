@@ -1,12 +1,13 @@
 """Shared fixtures.
 
 `tiny_data` prepares the tiny profile once per test session into a temporary folder (about two
-seconds), so every test that needs tokenized data shares it instead of rebuilding it.
+seconds), so every test that needs tokenized data shares it instead of rebuilding it. `ray_cluster`
+starts a real local Ray cluster (a head and two worker nodes, about 15 s) once per session.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from sandbox.docker_backend import DockerSandbox
     from sandbox.preflight.facts import PreflightResult
     from sandbox.verdict import TrialSpec
+    from tests.ray_cluster import LocalCluster
 
 
 @pytest.fixture(scope="session")
@@ -155,3 +157,36 @@ def preflight_result(
 
     limits = Limits.for_profile("tiny", runtime="runc")
     return run_preflight(docker_client, limits, tiny_data, profile="tiny", image=trainer_image)
+
+
+# --------------------------------------------------------------------------- a real Ray cluster
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[LocalCluster]:
+    """A head (no trial slots) and two worker nodes (one slot each) on this host, started once per
+    session with token authentication and stopped, every process of it by pid, at the end.
+
+    Skips locally when ray is not installed (`pip install -e '.[ray]'`), but FAILS in CI, which
+    installs it: the cluster tests run for real there.
+    """
+    import importlib.util
+    import os
+
+    if importlib.util.find_spec("ray") is None:
+        reason = "ray is not installed: pip install -e '.[ray]'"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason} (CI must run the cluster tests for real)", pytrace=False)
+        pytest.skip(reason)
+    from tests.ray_cluster import fresh_root, remove_root, start_cluster
+
+    root = fresh_root()
+    cluster = start_cluster(root, 2)
+    try:
+        yield cluster
+    finally:
+        import ray
+
+        ray.shutdown()
+        cluster.stop()
+        remove_root(root)

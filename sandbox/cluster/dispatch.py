@@ -1,0 +1,498 @@
+"""RaySandbox: the `Sandbox` seam, with each trial dispatched to a verified node of a Ray cluster.
+
+The loop and its `--workers N` threads call `run_trial(spec)` exactly as on one host; this backend
+sends the trial to a node and brings back its verdict and trial folder. The controller stays the
+only writer of the ledger, results.tsv and the lineage: nodes write only to their own temp folders.
+
+Setup (`RaySandbox.setup()`, at construction): a setup task pinned to every alive node that offers
+a `trial_slot` (node affinity, soft=False) reaps orphaned sandbox containers there, reports the
+trainer image id, the data's manifest hash, the hardware class, and (DockerNodeRunner) runs the
+isolation preflight. The run pins one image id, one data hash and one hardware class: taken from
+`cluster.json` in the run folder when it exists (a resumed run keeps its pins), else from the
+arguments (the CLI passes the controller host's own trainer image and data, when it has them),
+and what the arguments leave open from the most common answer among the nodes (ties: the lowest
+node id). A node that differs in any of the three, or reports a problem, is refused: no trial is
+ever dispatched to it. A wall-clock
+budget means nothing across hardware, so one run compares trials of one class only; to use two
+classes, run two runs.
+
+One dispatch (`run_trial`):
+1. pick the verified node with the fewest trials in flight from this controller;
+2. record the dispatch in dispatches.jsonl (journal.py) with trial id, attempt and node;
+3. submit `run_on_node` with a `trial_slot` of 1 (and `num_gpus=1` on the gpu profile: the GPU ids
+   Ray assigns are the trial's lease on that node), pinned to that node with hard node affinity;
+4. wait, polling, so that an interruption of the worker thread cancels the task (its sandbox
+   cleans up; what a forced kill leaves is reaped at the node's next setup);
+5. validate the return (plain data only), accept it in the journal (refused unless the dispatch is
+   still open: a late duplicate is dropped and logged), extract the archive into `spec.trial_dir`
+   (safely: wire.py), write the accepted verdict, with its node, as verdict.json.
+
+Where retries live (Ray's fault-tolerance model decides it): Ray re-runs a task whose worker
+process died on a live node (`max_retries`, same node because of the hard affinity); the Ray
+result of one ObjectRef is delivered once. A node lost mid-trial makes the task fail; its dispatch
+is closed `lost`, the node is dropped from the verified set, and the trial is dispatched again to
+another verified node as the next attempt, up to `redispatch_limit` times. Only the accepted
+dispatch's result reaches the trial folder, so the loop records the trial once. A sandbox error on
+the node comes back as a value and is raised here as the same `SandboxError` subclass (the loop's
+own retry policy applies), never as a verdict.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Collection
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from sandbox import constants as C
+from sandbox import verdict as verdicts
+from sandbox.cluster import node as node_side
+from sandbox.cluster.journal import Dispatch, DispatchJournal
+from sandbox.cluster.wire import (
+    ArchiveError,
+    NodeFacts,
+    NodeReturn,
+    TrialPayload,
+    primitive,
+    unpack_trial_dir,
+)
+from sandbox.incontainer.fileio import atomic_write
+from sandbox.limits import Limits
+from sandbox.verdict import NodeInfo, SandboxError, TrialSpec, Verdict
+
+logger = logging.getLogger(__name__)
+
+CLUSTER_FILE = "cluster.json"
+TRIAL_SLOT = "trial_slot"  # the custom resource a node offers per trial it may run at once
+POLL_S = 0.5
+SETUP_TIMEOUT_S = 600.0  # the preflight starts containers; a cold engine can take minutes
+RESULT_SLACK_S = 900.0  # beyond the trial's own limits: queueing behind the node's slot, transfer
+
+
+class ClusterUnavailable(SandboxError):
+    """The Ray cluster cannot be reached, or no node passed setup."""
+
+
+class ClusterPins(BaseModel):
+    """cluster.json: what every node of this run must have."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    image_id: str
+    data_sha256: str
+    hardware_class: str
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError as exc:
+        raise ClusterUnavailable(
+            "Ray is not installed: `pip install -e '.[ray]'` (or `make install`) on the controller and every node"
+        ) from exc
+    return ray
+
+
+def _error_class(name: str | None) -> type[SandboxError]:
+    """The SandboxError subclass a node named (only the sandbox's own; anything else is the base)."""
+    cls = getattr(verdicts, name or "", None)
+    if isinstance(cls, type) and issubclass(cls, SandboxError):
+        return cls
+    return SandboxError
+
+
+class RaySandbox:
+    """Runs each trial on a verified node of a Ray cluster (see the module docstring)."""
+
+    name = "ray"
+
+    def __init__(
+        self,
+        address: str,
+        run_dir: Path,
+        *,
+        profile: str,
+        limits: Limits,
+        runner: node_side.NodeRunner | None = None,
+        data_dir: Path | None = None,
+        image_id: str | None = None,
+        data_sha256: str | None = None,
+        preflight: bool = True,
+        max_retries: int = 1,
+        redispatch_limit: int = 3,
+        only_nodes: Collection[str] | None = None,
+        connect: bool = True,
+    ) -> None:
+        self.address = address
+        self.run_dir = run_dir
+        self.profile = profile
+        self.limits = limits
+        self.runner: node_side.NodeRunner = runner if runner is not None else node_side.DockerNodeRunner()
+        self.data_dir = str(data_dir) if data_dir is not None else None
+        self.preflight = preflight
+        self.max_retries = max_retries
+        self.redispatch_limit = redispatch_limit
+        self.only_nodes = frozenset(only_nodes) if only_nodes is not None else None  # None: every slot node
+        self._wanted = (image_id, data_sha256)
+        self.pins: ClusterPins | None = None
+        self.nodes: dict[str, NodeFacts] = {}  # verified, alive as far as we know
+        self.refused: dict[str, str] = {}  # node id -> why
+        self._in_flight: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._remote: Any = None
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.journal = DispatchJournal(run_dir)
+        self.journal.close_orphans()
+        if connect:
+            self.connect()
+            self.setup()
+
+    # ------------------------------------------------------------------ cluster and nodes
+
+    def connect(self) -> None:
+        ray = _ray()
+        if ray.is_initialized():
+            return
+        try:
+            ray.init(address=self.address, logging_level=logging.WARNING, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise ClusterUnavailable(
+                f"cannot connect to the Ray cluster at {self.address!r}: {exc}. Start one "
+                "(`make ray-local NODES=2`, or `ray start` on your hosts) and set RAY_AUTH_MODE=token "
+                "with the cluster's token (RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH)."
+            ) from exc
+
+    def _slot_nodes(self) -> list[dict[str, Any]]:
+        ray = _ray()
+        alive = [
+            n
+            for n in ray.nodes()
+            if n.get("Alive")
+            and n.get("Resources", {}).get(TRIAL_SLOT, 0) >= 1
+            and (self.only_nodes is None or str(n["NodeID"]) in self.only_nodes)
+        ]
+        return sorted(alive, key=lambda n: str(n["NodeID"]))
+
+    def setup(self) -> dict[str, NodeFacts]:
+        """Check every node offering a trial slot; keep those that match the run's pins."""
+        ray = _ray()
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        candidates = self._slot_nodes()
+        if not candidates:
+            raise ClusterUnavailable(
+                f"no alive node of the cluster at {self.address} offers a {TRIAL_SLOT!r} resource; start "
+                f"worker nodes with --resources '{{\"{TRIAL_SLOT}\": 1}}'"
+            )
+        task = ray.remote(node_side.setup_node)
+        refs = {
+            str(n["NodeID"]): task.options(
+                num_cpus=0,
+                max_retries=0,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(str(n["NodeID"]), soft=False),
+            ).remote(self.runner, self.profile, self.limits.model_dump_json(), self.data_dir, self.preflight)
+            for n in candidates
+        }
+        facts: dict[str, NodeFacts] = {}
+        for node_id, ref in refs.items():
+            try:
+                raw = ray.get(ref, timeout=SETUP_TIMEOUT_S)
+                facts[node_id] = NodeFacts.model_validate(primitive(raw))
+            except (ValidationError, ArchiveError) as exc:
+                self.refused[node_id] = f"its setup answered something malformed: {exc}"
+            except ray.exceptions.RayError as exc:
+                self.refused[node_id] = f"its setup failed: {type(exc).__name__}: {exc}"
+        self.pins = self._pin(facts)
+        verified: dict[str, NodeFacts] = {}
+        for node_id, f in facts.items():
+            why = self._differs(f)
+            if f.node_id != node_id:
+                why = f"its setup ran on {f.node_id}, not on it"
+            if why:
+                self.refused[node_id] = why
+                logger.error("node %s (%s) refused: %s", f.node_name, node_id[:12], why)
+            else:
+                verified[node_id] = f
+                logger.info(
+                    "node %s (%s) verified: %s; reaped %d containers, %d volumes",
+                    f.node_name,
+                    node_id[:12],
+                    f.hardware_class,
+                    f.reaped_containers,
+                    f.reaped_volumes,
+                )
+        with self._lock:
+            self.nodes = verified
+        if not verified:
+            raise ClusterUnavailable(
+                "no node of the cluster passed setup: "
+                + "; ".join(f"{nid[:12]}: {why}" for nid, why in self.refused.items())
+            )
+        return verified
+
+    def _pin(self, facts: dict[str, NodeFacts]) -> ClusterPins:
+        path = self.run_dir / CLUSTER_FILE
+        if path.exists():
+            return ClusterPins.model_validate_json(path.read_text(encoding="utf-8"))
+        image, data = self._wanted
+        usable = [f for f in facts.values() if not f.problems and f.image_id and f.data_sha256]
+        if not usable:
+            raise ClusterUnavailable(
+                "no node could be checked, so the run has nothing to pin: "
+                + "; ".join(
+                    f"{f.node_name}: {', '.join(f.problems) or 'no image or data'}" for f in facts.values()
+                )
+            )
+        agreeing = [f for f in usable if image in (None, f.image_id) and data in (None, f.data_sha256)]
+        if not agreeing:
+            raise ClusterUnavailable(
+                f"no node has the pinned image {image} and data {data}: "
+                + "; ".join(f"{f.node_name}: image {f.image_id}, data {f.data_sha256}" for f in usable)
+            )
+        votes = Counter((f.image_id, f.data_sha256, f.hardware_class) for f in agreeing)
+        top = max(votes.values())
+        first = next(f for f in agreeing if votes[(f.image_id, f.data_sha256, f.hardware_class)] == top)
+        pins = ClusterPins(
+            image_id=image or str(first.image_id),
+            data_sha256=data or str(first.data_sha256),
+            hardware_class=first.hardware_class,
+        )
+        atomic_write(path, pins.model_dump_json(indent=2).encode() + b"\n")
+        logger.info(
+            "the run pins image %s, data %s, hardware %s",
+            pins.image_id,
+            pins.data_sha256[:16],
+            pins.hardware_class,
+        )
+        return pins
+
+    def _differs(self, f: NodeFacts) -> str:
+        assert self.pins is not None
+        if f.problems:
+            return "; ".join(f.problems)
+        if f.image_id != self.pins.image_id:
+            return f"trainer image {f.image_id} is not the run's {self.pins.image_id}"
+        if f.data_sha256 != self.pins.data_sha256:
+            return f"data manifest {f.data_sha256} is not the run's {self.pins.data_sha256}"
+        if f.hardware_class != self.pins.hardware_class:
+            return f"hardware class {f.hardware_class!r} is not the run's {self.pins.hardware_class!r}"
+        return ""
+
+    def _pick(self) -> NodeFacts:
+        with self._lock:
+            if not self.nodes:
+                raise ClusterUnavailable(
+                    "every verified node of the cluster is gone; start nodes and run the same command again"
+                )
+            node_id = min(self.nodes, key=lambda nid: (self._in_flight[nid], nid))
+            self._in_flight[node_id] += 1
+            return self.nodes[node_id]
+
+    def _unpick(self, node_id: str) -> None:
+        with self._lock:
+            self._in_flight[node_id] -= 1
+
+    def _node_alive(self, node_id: str) -> bool:
+        return any(str(n["NodeID"]) == node_id for n in self._slot_nodes())
+
+    def _drop(self, node_id: str, why: str) -> None:
+        with self._lock:
+            if self.nodes.pop(node_id, None) is not None:
+                self.refused[node_id] = why
+                logger.error("node %s dropped: %s", node_id[:12], why)
+
+    # ------------------------------------------------------------------ one trial
+
+    def run_trial(self, spec: TrialSpec) -> Verdict:
+        assert self.pins is not None, "setup() first"
+        source = spec.candidate.read_text(encoding="utf-8")
+        for _ in range(self.redispatch_limit + 1):
+            node = self._pick()
+            try:
+                dispatch = self.journal.open(spec.trial_id, node.node_id, node.node_name)
+                outcome = self._dispatch(spec, source, node, dispatch)
+            finally:
+                self._unpick(node.node_id)
+            if outcome is not None:
+                return outcome
+        raise SandboxError(
+            f"{spec.trial_id} lost its node {self.redispatch_limit + 1} times; nothing was recorded against it"
+        )
+
+    def _task(self) -> Any:
+        with self._lock:
+            if self._remote is None:
+                self._remote = _ray().remote(node_side.run_on_node)
+            return self._remote
+
+    def payload(self, spec: TrialSpec, source: str, dispatch: Dispatch) -> TrialPayload:
+        assert self.pins is not None
+        return TrialPayload(
+            dispatch_id=dispatch.dispatch_id,
+            attempt=dispatch.attempt,
+            trial_id=spec.trial_id,
+            candidate_source=source,
+            profile=spec.profile,  # type: ignore[arg-type]
+            seed=spec.seed,
+            # The run's limits with the run's cpuset, not the controller's per-worker lease: that
+            # names CPUs of the controller's host. A node pins its own (AUTORESEARCH_NODE_CPUSET).
+            limits=spec.limits.model_copy(update={"cpuset_cpus": self.limits.cpuset_cpus}),
+            image_id=self.pins.image_id,
+            data_sha256=self.pins.data_sha256,
+            data_dir=self.data_dir,
+        )
+
+    def submit(self, spec: TrialSpec, source: str, node: NodeFacts, dispatch: Dispatch) -> Any:
+        """Send an opened dispatch to its node; the Ray ObjectRef of its return."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        payload = self.payload(spec, source, dispatch)
+        logger.info(
+            "%s: dispatch %s (attempt %d) to node %s",
+            spec.trial_id,
+            dispatch.dispatch_id,
+            dispatch.attempt,
+            node.node_name,
+        )
+        return (
+            self._task()
+            .options(
+                num_cpus=0,
+                num_gpus=1 if spec.profile == "gpu" else 0,
+                resources={TRIAL_SLOT: 1},
+                max_retries=self.max_retries,
+                retry_exceptions=False,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False),
+            )
+            .remote(self.runner, payload.model_dump_json())
+        )
+
+    def _dispatch(self, spec: TrialSpec, source: str, node: NodeFacts, dispatch: Dispatch) -> Verdict | None:
+        """The verdict, or None when the node was lost and the trial must go elsewhere."""
+        ray = _ray()
+        ref = self.submit(spec, source, node, dispatch)
+        limits = spec.limits
+        deadline = (
+            time.monotonic()
+            + limits.time_budget_s
+            + limits.kill_grace_s
+            + limits.eval_timeout_s
+            + RESULT_SLACK_S
+        )
+        try:
+            while True:
+                ready, _ = ray.wait([ref], timeout=POLL_S)
+                if ready:
+                    break
+                if time.monotonic() > deadline:
+                    ray.cancel(ref, force=True)
+                    self.journal.close(dispatch, "failed", "no result before the deadline; cancelled")
+                    raise SandboxError(f"{spec.trial_id}: node {node.node_name} gave no result in time")
+            raw = ray.get(ref)
+        except BaseException as exc:
+            if isinstance(exc, ray.exceptions.RayError):
+                self._failed(spec, node, dispatch, exc)
+                return None  # the node was lost: dispatch the trial again
+            if not isinstance(exc, SandboxError):  # KeyboardInterrupt (Ctrl-C reaching the worker), bug
+                ray.cancel(ref, force=False)
+                self.journal.close(
+                    dispatch, "cancelled", f"the controller stopped waiting: {type(exc).__name__}"
+                )
+            raise
+        return self.land(spec, node, dispatch, raw)
+
+    def _failed(self, spec: TrialSpec, node: NodeFacts, dispatch: Dispatch, exc: Exception) -> None:
+        ray = _ray()
+        lost = isinstance(
+            exc, ray.exceptions.NodeDiedError | ray.exceptions.TaskUnschedulableError
+        ) or not self._node_alive(node.node_id)
+        if lost:
+            why = f"node {node.node_name} lost mid-trial ({type(exc).__name__})"
+            self.journal.close(dispatch, "lost", why)
+            self._drop(node.node_id, why)
+            logger.warning("%s: %s; dispatching it again", spec.trial_id, why)
+            return None
+        self.journal.close(dispatch, "failed", f"{type(exc).__name__}: {exc}")
+        raise SandboxError(
+            f"{spec.trial_id} on node {node.node_name}: the Ray task failed: {type(exc).__name__}: {exc}"
+        )
+
+    def land(self, spec: TrialSpec, node: NodeFacts, dispatch: Dispatch, raw: object) -> Verdict:
+        """Validate a node's return, accept it for its open dispatch, write the trial folder.
+
+        Raises SandboxError when the return is malformed or was not for an open dispatch (nothing is
+        written then)."""
+        try:
+            ret = NodeReturn.model_validate(primitive(raw))
+        except (ValidationError, ArchiveError) as exc:
+            self.journal.close(dispatch, "failed", f"malformed return: {exc}")
+            raise SandboxError(
+                f"{spec.trial_id}: node {node.node_name} returned something malformed: {exc}"
+            ) from exc
+        if ret.dispatch_id != dispatch.dispatch_id or ret.node_id != node.node_id:
+            self.journal.close(dispatch, "failed", "a return for another dispatch or node")
+            raise SandboxError(
+                f"{spec.trial_id}: a return for {ret.dispatch_id} on {ret.node_id} is not this dispatch's"
+            )
+        if ret.error_type is not None:
+            self.journal.close(dispatch, "failed", f"{ret.error_type}: {ret.error}")
+            raise _error_class(ret.error_type)(f"on node {node.node_name}: {ret.error}")
+        try:
+            verdict = Verdict.model_validate_json(ret.verdict_json or "")
+        except ValidationError as exc:
+            self.journal.close(dispatch, "failed", "the verdict does not validate")
+            raise SandboxError(
+                f"{spec.trial_id}: node {node.node_name} returned an invalid verdict: {exc}"
+            ) from exc
+        if verdict.trial_id != spec.trial_id:
+            self.journal.close(dispatch, "failed", f"a verdict for {verdict.trial_id}")
+            raise SandboxError(
+                f"{spec.trial_id}: node {node.node_name} returned the verdict of {verdict.trial_id}"
+            )
+        if not self.journal.close(dispatch, "accepted", f"verdict {verdict.status.value}"):
+            raise DuplicateResult(
+                f"{spec.trial_id}: a result for dispatch {dispatch.dispatch_id}, which is not open, was dropped"
+            )
+        try:
+            unpack_trial_dir(ret.archive or b"", spec.trial_dir)
+        except ArchiveError as exc:
+            raise SandboxError(
+                f"{spec.trial_id}: the trial folder from node {node.node_name} was refused: {exc}"
+            ) from exc
+        root = ret.root.rstrip("/")
+        head = str(spec.trial_dir.resolve())
+        logs = {
+            k: head + v[len(root) :] if root and v.startswith(root + "/") else v
+            for k, v in verdict.logs.items()
+        }
+        accepted = verdict.model_copy(
+            update={
+                "logs": logs,
+                "node": NodeInfo(
+                    node_id=node.node_id,
+                    node_name=node.node_name,
+                    hardware_class=node.hardware_class,
+                    dispatch_id=dispatch.dispatch_id,
+                ),
+            }
+        )
+        atomic_write(
+            spec.trial_dir / C.VERDICT_FILE, accepted.model_dump_json(indent=2).encode() + b"\n"
+        )
+        logger.info("%s: accepted %s from node %s", spec.trial_id, verdict.status.value, node.node_name)
+        return accepted
+
+    def describe(self) -> dict[str, Any]:
+        """The cluster as this controller sees it (for the banner and the report)."""
+        nodes = {nid: f.node_name for nid, f in self.nodes.items()}
+        pins = self.pins.model_dump() if self.pins else None
+        return {"address": self.address, "pins": pins, "nodes": nodes, "refused": dict(self.refused)}
+
+
+class DuplicateResult(SandboxError):
+    """A result arrived for a dispatch that is not open (a Ray retry or a late duplicate): dropped."""
