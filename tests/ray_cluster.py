@@ -170,6 +170,7 @@ class LocalCluster:
         pids = [p for p in self.pids("raylet") if _cmdline_has(p, f"--node_id={node_id}")]
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
+        del self.nodes[name]  # lost: later tests of the session see only the live nodes
         return pids
 
     def stop(self) -> None:
