@@ -21,7 +21,7 @@ from tests.ray_cluster import FakeNodeRunner, LocalCluster, marks
 from tests.test_loop_fakes_honour_the_protocols import Sleeps
 from tests.workers_fakes import assert_records_agree, leases_for, scored, workers_config
 
-DELAY_S = 3.0
+DELAY_S = 8.0  # long enough that the kill lands mid-trial on a loaded 2-core host
 
 
 def _alive(pid: int) -> bool:
@@ -77,7 +77,13 @@ def test_node_killed_midtrial(ray_cluster: LocalCluster, tmp_path: Path) -> None
     assert summary.stopped.startswith("max_trials reached: 2"), summary.stopped
     records = assert_records_agree(config)
     assert Counter(r.trial_id for r in records).most_common(1)[0][1] == 1
-    assert all(run.node is not None and run.node.node_id != doomed for r in records for run in r.runs)
+    nodes = [
+        (r.trial_id, run.role, run.status, run.node and run.node.node_id) for r in records for run in r.runs
+    ]
+    assert all(run.node is not None and run.node.node_id != doomed for r in records for run in r.runs), (
+        doomed,
+        nodes,
+    )
     lost_trial = str(victim["trial"])
     assert lost_trial in {run.sandbox_trial_id for r in records for run in r.runs}, (
         "the lost trial was recorded"
