@@ -253,3 +253,36 @@ def test_the_run_canary_is_a_lottery_the_coverage_catches_and_nothing_else_would
     assert report["probes"]["determinism"]["passed"] and report["probes"]["row_alone"]["passed"]
     monkeypatch.setattr(probes, "run_coverage", lambda *a, **k: ({"causality": 0.0, "rows": 0.0}, None))
     assert judge(prepared, data, out)["status"] == "ok"
+
+
+def test_a_one_off_glitch_of_one_call_is_retried_away_but_a_varying_graph_is_not() -> None:
+    """CPU kernels very rarely return a call's numerics slightly off (seen once: 1.2e-3 nats on the first
+    call of an honest train.py). One odd call of three is a glitch, not a property of the graph: it is
+    retried away and recorded; a graph whose answers keep moving still fails."""
+    calls: list[int] = []
+
+    def glitch_on(which: set[int]) -> probes.LogitsFn:
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            calls.append(1)
+            return causal(x) + (1e-2 if len(calls) in which else 0.0) * TABLE[x]
+
+        return fn
+
+    x, plan = _rows()[:B, :-1], probes.draw_plan(N, B, T)
+    for odd in (1, 2):  # the first call (its logits are then not used for scoring) or the second
+        calls.clear()
+        results, measured, logits = probes.check_batch(glitch_on({odd}), x, plan, EPS32)
+        assert results["determinism"].passed and measured["determinism_retried"] > 1e-3
+        assert logits is not None and torch.equal(logits, causal(x))  # never the glitched call's logits
+    def varying(x: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return causal(x) + 1e-2 * len(calls) * TABLE[x]
+
+    assert not probes.check_batch(varying, x, plan, EPS32)[0]["determinism"].passed
+
+    calls.clear()
+    fn = glitch_on({N // B + 2})  # the 2nd shadow call of the first pass: one batch, once
+    assert all(r.passed for r in _coverage(fn).values())
+
+
+EPS32 = torch.finfo(torch.float32).eps

@@ -197,9 +197,25 @@ def check_batch(
         return results, measured, None
     scale = float(logits.float().abs().max())
     ref = torch.log_softmax(logits.float(), dim=-1)
-    d = measured["determinism"] = _max_diff(ref, _logprobs(fn, x))
+    with torch.inference_mode():
+        second = fn(x)
+    d = _max_diff(ref, torch.log_softmax(second.float(), dim=-1))
+    note = ""
+    if d > TIGHT_NATS:  # a third call tells a one-off numeric glitch of one call from a graph that varies
+        third = _logprobs(fn, x)
+        d_23 = _max_diff(torch.log_softmax(second.float(), dim=-1), third)
+        d_13 = _max_diff(ref, third)
+        if min(d_23, d_13) <= TIGHT_NATS:
+            measured["determinism_retried"] = d
+            note = f"; one call of three differed by {d:.3g} nats (a one-off glitch: the other two agree)"
+            if d_23 <= TIGHT_NATS:  # the first call was the odd one: score with the second
+                logits, ref = second, torch.log_softmax(second.float(), dim=-1)
+            d = min(d_23, d_13)
+    del second
+    measured["determinism"] = d
     results["determinism"] = ProbeResult(
-        d <= TIGHT_NATS, f"same input twice: max |d log p| = {d:.3g} nats (tolerance {TIGHT_NATS:g})"
+        d <= TIGHT_NATS,
+        f"same input twice: max |d log p| = {d:.3g} nats (tolerance {TIGHT_NATS:g}){note}",
     )
     r = min(plan.alone_row, x.shape[0] - 1)
     alone_tol = max(ALONE_FLOOR_NATS, 8 * low_precision_eps * max(scale, 1.0))
@@ -275,20 +291,52 @@ def run_coverage(
     gen = torch.Generator().manual_seed(plan.seed ^ 0x5EED)
     worst: dict[str, float] = {}
     targets = rows[:, 1:]
+
+    def deviation(got: torch.Tensor, ref: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        d = torch.sub(got, ref).abs_()
+        return torch.where(keep, torch.nan_to_num(d, nan=math.inf), torch.zeros_like(d))
+
+    def shadow_logprobs(ids: torch.Tensor, shadow: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return target_logprobs(fn(shadow), targets[ids])
+
     for pp in plan.passes:
         worst[pp.name] = 0.0
         for ids, shadow, keep in _shadow_batches(rows, pp, plan.batch_size, vocab_size, gen):
-            with torch.inference_mode():
-                got = target_logprobs(fn(shadow), targets[ids])
-            d = torch.sub(got, reference[ids]).abs_()
-            d = torch.where(keep, torch.nan_to_num(d, nan=math.inf), torch.zeros_like(d))
+            d = deviation(shadow_logprobs(ids, shadow), reference[ids], keep)
             batch_worst = float(d.max())
+            if batch_worst > TIGHT_NATS:
+                # Once more before a verdict: a leak moves the same positions every time, while a rare
+                # one-off glitch of one call's numerics (seen once in a few hundred trials on CPU) does
+                # not. The shadow batch is run again and the rows' scoring batches recomputed; the rows
+                # fail only if the shadow disagrees with both references. Costs nothing unless it fires.
+                again = shadow_logprobs(ids, shadow)
+                fresh = _recompute_reference(fn, rows, ids, plan.batch_size)
+                d = torch.minimum(deviation(again, reference[ids], keep), deviation(again, fresh, keep))
+                worst[f"{pp.name}_retried"] = max(worst.get(f"{pp.name}_retried", 0.0), batch_worst)
+                batch_worst = float(d.max())
             worst[pp.name] = max(worst[pp.name], batch_worst)
             if batch_worst > TIGHT_NATS:
                 flat = int(d.argmax())
                 row, pos = int(ids[flat // d.shape[1]]), flat % d.shape[1]
                 return worst, (pp.name, row, pos, batch_worst)
     return worst, None
+
+
+def _recompute_reference(
+    fn: LogitsFn, rows: torch.Tensor, ids: torch.Tensor, batch_size: int
+) -> torch.Tensor:
+    """(len(ids), T) target log-probabilities of rows ``ids``, each run again in its own scoring batch."""
+    out = torch.empty(len(ids), rows.shape[1] - 1, dtype=torch.float32, device=rows.device)
+    starts = sorted({int(i) // batch_size * batch_size for i in ids})
+    for start in starts:
+        chunk = rows[start : start + batch_size]
+        with torch.inference_mode():
+            logprobs = target_logprobs(fn(chunk[:, :-1]), chunk[:, 1:])
+        for k, i in enumerate(ids.tolist()):
+            if start <= i < start + chunk.shape[0]:
+                out[k] = logprobs[i - start]
+    return out
 
 
 def coverage_results(
@@ -307,7 +355,7 @@ def coverage_results(
             f"target log-probability at positions <= the cut moved by up to {d:.3g} nats "
             f"(tolerance {TIGHT_NATS:g}){where if failed_pass == 'causality' else ''}",
         )
-    rows_passes = [k for k in worst if k != "causality"]
+    rows_passes = [k for k in worst if k != "causality" and not k.endswith("_retried")]
     if rows_passes:
         d = max(worst[k] for k in rows_passes)
         failed = failed_pass in rows_passes
