@@ -178,10 +178,14 @@ def ray_cluster() -> Iterator[LocalCluster]:
         if os.environ.get("CI"):
             pytest.fail(f"{reason} (CI must run the cluster tests for real)", pytrace=False)
         pytest.skip(reason)
+    from sandbox.gpu import host_cpus, split_cpusets
     from tests.ray_cluster import fresh_root, remove_root, start_cluster
 
     root = fresh_root()
-    cluster = start_cluster(root, 2)
+    # One cpuset per node, as `make ray-local` gives them: two real trials side by side on the same CPUs
+    # would each get half of their allotment and come back `starved` (sandbox/compute.py).
+    cpus = host_cpus()
+    cluster = start_cluster(root, 2, cpusets=list(split_cpusets(2, cpus)) if len(cpus) >= 2 else None)
     try:
         yield cluster
     finally:
