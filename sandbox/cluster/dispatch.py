@@ -342,6 +342,7 @@ class RaySandbox:
             # The run's limits with the run's cpuset, not the controller's per-worker lease: that
             # names CPUs of the controller's host. A node pins its own (AUTORESEARCH_NODE_CPUSET).
             limits=spec.limits.model_copy(update={"cpuset_cpus": self.limits.cpuset_cpus}),
+            min_compute_share=spec.min_compute_share,
             image_id=self.pins.image_id,
             data_sha256=self.pins.data_sha256,
             data_dir=self.data_dir,

@@ -164,6 +164,7 @@ def run_on_node(runner: NodeRunner, payload_json: str) -> dict[str, object]:
             limits=node_limits(payload.limits),
             seed=payload.seed,
             gpu_ids=_gpu_ids(payload.profile),
+            min_compute_share=payload.min_compute_share,
         )
         try:
             image = runner.image_id()

@@ -52,6 +52,7 @@ class TrialPayload(BaseModel):
     profile: Literal["tiny", "gpu"]
     seed: int
     limits: Limits
+    min_compute_share: float = Field(ge=0, le=1)  # the run's starvation threshold (sandbox/compute.py)
     image_id: str  # the trainer image the run pinned ("sha256:..."); the node refuses another
     data_sha256: str  # the data manifest hash the run pinned
     data_dir: str | None = None  # where the data is on the node (None: the node's default)
