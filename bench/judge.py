@@ -44,6 +44,7 @@ import re
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -296,7 +297,7 @@ class FakeScores:
         self.means = {planted.parent: mean, planted.noop: mean, planted.gain: mean - gap}
         self.sigma, self.drift, self.calls = sigma, drift, 0
 
-    def run_trial(self, spec: TrialSpec) -> Verdict:
+    def run_trial(self, spec: TrialSpec, cancel: threading.Event | None = None) -> Verdict:
         text = spec.candidate.read_text(encoding="utf-8")
         draw = random.Random(int(hashlib.sha256(f"{spec.seed}/{text}".encode()).hexdigest()[:12], 16))
         value = (

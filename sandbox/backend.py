@@ -7,6 +7,7 @@ controller's tests need no engine. It isolates NOTHING and must never run untrus
 
 from __future__ import annotations
 
+import threading
 from typing import Protocol, runtime_checkable
 
 from sandbox.verdict import TrialSpec, Verdict
@@ -17,9 +18,10 @@ class Sandbox(Protocol):
     """Runs one candidate through TRAIN then EVAL and returns the verdict.
 
     A verdict about the candidate is a return value (any Status); a failure of the sandbox itself
-    raises `sandbox.verdict.SandboxError`.
+    raises `sandbox.verdict.SandboxError`. Setting `cancel` stops the trial (containers or processes
+    removed) and raises `sandbox.verdict.TrialCancelled`.
     """
 
     name: str
 
-    def run_trial(self, spec: TrialSpec) -> Verdict: ...
+    def run_trial(self, spec: TrialSpec, cancel: threading.Event | None = None) -> Verdict: ...

@@ -174,7 +174,7 @@ class DockerSandbox:
         if reap_orphans:
             reaper.reap(self.client)
 
-    def run_trial(self, spec: TrialSpec) -> Verdict:
+    def run_trial(self, spec: TrialSpec, cancel: threading.Event | None = None) -> Verdict:
         started = time.monotonic()
         trial_dir = spec.trial_dir.resolve()
         trial_dir.mkdir(parents=True, exist_ok=True)

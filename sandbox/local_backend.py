@@ -75,7 +75,7 @@ class LocalSandbox:
         # The evaluator's command without its arguments; tests substitute a fake one.
         self.evaluator = list(evaluator) if evaluator is not None else [python, "-m", C.EVALUATOR_MODULE]
 
-    def run_trial(self, spec: TrialSpec) -> Verdict:
+    def run_trial(self, spec: TrialSpec, cancel: threading.Event | None = None) -> Verdict:
         started = time.monotonic()
         trial_dir = spec.trial_dir.resolve()
         trial_dir.mkdir(parents=True, exist_ok=True)

@@ -44,6 +44,10 @@ class EvaluatorFailed(SandboxError):
     """The trusted evaluator could not run (its own error, exit code 2), not a judgement on the artifact."""
 
 
+class TrialCancelled(SandboxError):
+    """The caller's cancel event was set: the trial was stopped and cleaned up; nothing was decided."""
+
+
 def exit_code_for(exc: BaseException) -> ExitCode:
     """The command-line exit code for an infrastructure failure: the step to fix next, else ERROR."""
     for kind, code in (

@@ -8,6 +8,7 @@ two-call proposal costs exactly `PROPOSAL_COST` USD.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,7 @@ def fake_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeMessagesServer]
 class InjectingSandbox(FakeSandbox):
     """The fake sandbox, whose candidates that contain `INJECT = 1` print an injection in their log."""
 
-    def run_trial(self, spec: TrialSpec) -> Verdict:
+    def run_trial(self, spec: TrialSpec, cancel: threading.Event | None = None) -> Verdict:
         verdict = super().run_trial(spec)
         if "INJECT = 1" in spec.candidate.read_text(encoding="utf-8"):
             with (spec.trial_dir / TRAIN_LOG_FILE).open("a", encoding="utf-8") as f:

@@ -16,6 +16,7 @@ source with a chosen outcome (the real one is tests/test_canary_is_rejected_only
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,7 @@ class CanarySandbox(FakeSandbox):
         self.outcomes = list(outcomes) or [REJECTED]
         self.canary_calls: list[TrialSpec] = []
 
-    def run_trial(self, spec: TrialSpec) -> Verdict:
+    def run_trial(self, spec: TrialSpec, cancel: threading.Event | None = None) -> Verdict:
         if spec.candidate.read_text(encoding="utf-8") != canary.source_text():
             return super().run_trial(spec)
         self.calls.append(spec)

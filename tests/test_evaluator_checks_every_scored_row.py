@@ -274,6 +274,7 @@ def test_a_one_off_glitch_of_one_call_is_retried_away_but_a_varying_graph_is_not
         results, measured, logits = probes.check_batch(glitch_on({odd}), x, plan, EPS32)
         assert results["determinism"].passed and measured["determinism_retried"] > 1e-3
         assert logits is not None and torch.equal(logits, causal(x))  # never the glitched call's logits
+
     def varying(x: torch.Tensor) -> torch.Tensor:
         calls.append(1)
         return causal(x) + 1e-2 * len(calls) * TABLE[x]

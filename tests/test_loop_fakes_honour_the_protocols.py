@@ -11,6 +11,7 @@ candidate text alone decides the verdict, plus a deterministic per-seed jitter o
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -68,7 +69,7 @@ class FakeSandbox:
         self.drift = drift  # drift(k): what the host adds to the k-th call's score (it sped up: < 0)
         self.calls: list[TrialSpec] = []
 
-    def run_trial(self, spec: TrialSpec) -> Verdict:
+    def run_trial(self, spec: TrialSpec, cancel: threading.Event | None = None) -> Verdict:
         self.calls.append(spec)
         if self.on_run is not None:
             self.on_run(spec)

@@ -69,7 +69,7 @@ class RecordingSandbox:
         self.specs: list[TrialSpec] = []
         self.finished: list[str] = []  # trials whose run_trial returned or raised (cleanup ran)
 
-    def run_trial(self, spec: TrialSpec) -> Verdict:
+    def run_trial(self, spec: TrialSpec, cancel: threading.Event | None = None) -> Verdict:
         lease = lease_of(spec)
         with self.lock:
             self.specs.append(spec)

@@ -13,6 +13,7 @@ loop supplies: a `TrialLookup`, or None for an id it does not know), and, if it 
 from __future__ import annotations
 
 import secrets
+import threading
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
@@ -133,7 +134,7 @@ class Proposal(BaseModel):
 class Agent(Protocol):
     name: str
 
-    def propose(self, ctx: AgentContext) -> Proposal: ...
+    def propose(self, ctx: AgentContext, cancel: threading.Event | None = None) -> Proposal: ...
 
 
 class ProgramContext(BaseModel):

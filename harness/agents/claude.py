@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -246,7 +247,7 @@ class ClaudeAgent:
                 "no price for model %r in agent.prices: its cost will be recorded as 0 USD", settings.model
             )
 
-    def propose(self, ctx: AgentContext) -> Proposal:
+    def propose(self, ctx: AgentContext, cancel: threading.Event | None = None) -> Proposal:
         settings = self.settings
         system = [
             {

@@ -50,7 +50,7 @@ class ScriptedAgent:
     def add(self, *steps: Step) -> None:
         self._script.extend(steps)
 
-    def propose(self, ctx: AgentContext) -> Proposal:
+    def propose(self, ctx: AgentContext, cancel: threading.Event | None = None) -> Proposal:
         self.calls.append(ctx)
         if not self._script:
             raise AgentExhausted(f"the script is done after {len(self.calls) - 1} proposals")

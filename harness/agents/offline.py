@@ -30,6 +30,7 @@ import logging
 import math
 import random
 import re
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
@@ -234,7 +235,7 @@ class OfflineAgent:
     def __init__(self, settings: AgentSettings | None = None) -> None:
         self.settings = settings or AgentSettings()
 
-    def propose(self, ctx: AgentContext) -> Proposal:
+    def propose(self, ctx: AgentContext, cancel: threading.Event | None = None) -> Proposal:
         try:
             found = find_knobs(ctx.train_py, ctx.profile)
         except SyntaxError as exc:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from pathlib import Path
 
 from harness.agents.base import AgentContext, AgentExhausted, AgentFatal, Proposal, Usage
@@ -64,7 +65,7 @@ class ReplayAgent:
     def remaining(self) -> int:
         return len(self.files) - self.position
 
-    def propose(self, ctx: AgentContext) -> Proposal:
+    def propose(self, ctx: AgentContext, cancel: threading.Event | None = None) -> Proposal:
         if ctx.trial_index > self.position:  # a resumed run: those files were played and recorded
             logger.info(
                 "replay resumes at file %d (the run holds %d candidates)",

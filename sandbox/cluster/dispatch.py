@@ -308,7 +308,7 @@ class RaySandbox:
 
     # ------------------------------------------------------------------ one trial
 
-    def run_trial(self, spec: TrialSpec) -> Verdict:
+    def run_trial(self, spec: TrialSpec, cancel: threading.Event | None = None) -> Verdict:
         assert self.pins is not None, "setup() first"
         source = spec.candidate.read_text(encoding="utf-8")
         for _ in range(self.redispatch_limit + 1):
@@ -482,9 +482,7 @@ class RaySandbox:
                 ),
             }
         )
-        atomic_write(
-            spec.trial_dir / C.VERDICT_FILE, accepted.model_dump_json(indent=2).encode() + b"\n"
-        )
+        atomic_write(spec.trial_dir / C.VERDICT_FILE, accepted.model_dump_json(indent=2).encode() + b"\n")
         logger.info("%s: accepted %s from node %s", spec.trial_id, verdict.status.value, node.node_name)
         return accepted
 
