@@ -53,6 +53,13 @@ class AgentExhausted(AgentError):
     """
 
 
+class AgentCancelled(AgentError):
+    """The caller's cancel event was set while proposing: no proposal; `usage` is what it cost so far.
+
+    Like AgentExhausted, catch it BEFORE AgentError: it is a stop, not a failure to retry.
+    """
+
+
 class HistoryRow(BaseModel):
     model_config = ConfigDict(frozen=True)
 
