@@ -31,6 +31,11 @@ Deliberate properties and limits:
 - A burst of more runnable threads than CPUs inside one interval is averaged over that interval.
 - Time stolen from a virtual machine's vCPUs by its hypervisor is invisible here (it counts as time
   on CPU); GPUs shared with other processes are not measured yet.
+- The trial's own pre-warming EVAL container (sandbox/docker_backend.py starts it inside TRAIN's
+  clock, on the same cpuset, at a lower CPU weight) is part of the trial: its tasks join the meter's
+  `TaskGroup`, so TRAIN queueing behind it is the trial using its allotment, not the host denying it.
+  Its CPU is recorded apart (`prewarm_cpu_s`). Without this, on a one-CPU allotment every trial lost
+  ~17% of TRAIN's CPU to its own evaluator's start-up (weight 256 vs 1024) and came back starved.
 - When the controller cannot see the trial's tasks (it runs in another pid namespace, or /proc is
   not readable), `measure` returns a report with `share=None` and says why: unknown is never
   treated as starved.
@@ -71,6 +76,7 @@ class ComputeReport(BaseModel):
     wall_s: float = 0.0
     samples: int = 0
     tasks: int = 0  # distinct tasks (threads) seen
+    prewarm_cpu_s: float = 0.0  # of cpu_s: the trial's own pre-warming EVAL (a `TaskGroup` member)
     how: str = ""  # where the numbers came from, or why there are none
 
     @property
@@ -84,9 +90,11 @@ class ComputeReport(BaseModel):
     def summary(self) -> str:
         if self.share is None:
             return f"compute not measured ({self.how})"
+        own = f", {self.prewarm_cpu_s:.1f} s of it the pre-warming EVAL" if self.prewarm_cpu_s else ""
         return (
-            f"compute share {self.share:.2f}: {self.cpu_s:.1f} s on CPU, {self.wait_s:.1f} s waiting for one "
-            f"({self.denied_s:.1f} s denied on an allotment of {self.allotment_cpus:g} CPUs) over {self.wall_s:.1f} s"
+            f"compute share {self.share:.2f}: {self.cpu_s:.1f} s on CPU{own}, {self.wait_s:.1f} s waiting for "
+            f"one ({self.denied_s:.1f} s denied on an allotment of {self.allotment_cpus:g} CPUs) over "
+            f"{self.wall_s:.1f} s"
         )
 
 
@@ -206,6 +214,37 @@ class ProcessTree:
         return None
 
 
+class TaskGroup:
+    """The tasks of several sources measured as one trial on one allotment: the first is TRAIN's, the
+    rest (`add`ed later: the pre-warming EVAL) are the trial's own helpers. Throttling is the first's.
+    """
+
+    def __init__(self, first: TaskSource) -> None:
+        self.sources: list[TaskSource] = [first]
+        self.helper_tids: set[int] = set()  # tasks seen from a source other than the first
+        self._lock = threading.Lock()
+
+    @property
+    def how(self) -> str:
+        return " + ".join(s.how for s in self.sources)
+
+    def add(self, source: TaskSource) -> None:
+        with self._lock:
+            self.sources.append(source)
+
+    def schedstats(self) -> Iterable[tuple[int, tuple[int, int]]]:
+        with self._lock:
+            sources = list(self.sources)
+        for k, source in enumerate(sources):
+            for tid, value in source.schedstats():
+                if k:
+                    self.helper_tids.add(tid)
+                yield tid, value
+
+    def throttling(self) -> tuple[int, float] | None:
+        return self.sources[0].throttling()
+
+
 def _cgroup_mounts(mountinfo: str) -> tuple[Path | None, Path | None]:
     """(the cgroup v1 mount holding the cpu controller, the cgroup v2 mount), from /proc/self/mountinfo."""
     v1: Path | None = None
@@ -321,8 +360,11 @@ class ComputeMeter:
             end = self.source.throttling()
             if end is not None and self._throttle0 is not None:
                 throttled = (end[0] - self._throttle0[0], end[1] - self._throttle0[1])
+            helpers = self.source.helper_tids if isinstance(self.source, TaskGroup) else set()
+            prewarm_ns = sum(c for tid, (c, _) in self._last.items() if tid in helpers)
             return ComputeReport(
                 share=round(share, 4),
+                prewarm_cpu_s=round(prewarm_ns / NS, 3),
                 cpu_s=round(cpu_s, 3),
                 wait_s=round(wait_s, 3),
                 denied_s=round(denied, 3),

@@ -70,7 +70,7 @@ from docker.types import DeviceRequest, Mount
 
 from sandbox import audit, reaper, trialdir
 from sandbox import constants as C
-from sandbox.compute import ComputeMeter, ComputeReport, allotment, source_for_pid, unmeasured
+from sandbox.compute import ComputeMeter, ComputeReport, TaskGroup, allotment, source_for_pid, unmeasured
 from sandbox.constants import Status
 from sandbox.gpu import parse_cpuset
 from sandbox.incontainer.fileio import atomic_write
@@ -288,6 +288,8 @@ class DockerTrial:
                     t = time.monotonic()
                     infra_retry(evaluator.start)()
                     self.timings["eval_start_s"] = time.monotonic() - t
+                    if meter is not None:  # the trial's own work on its allotment, never "denied"
+                        self._meter_prewarm(meter, evaluator)
 
             try:
                 ran = self._run(
@@ -366,9 +368,20 @@ class DockerTrial:
             return None
         limits = self.spec.limits
         cpuset = set(parse_cpuset(limits.cpuset_cpus)) if limits.cpuset_cpus else None
-        meter = ComputeMeter(source, allotment(cpuset, limits.cpus))
+        meter = ComputeMeter(TaskGroup(source), allotment(cpuset, limits.cpus))
         meter.start()
         return meter
+
+    @staticmethod
+    def _meter_prewarm(meter: ComputeMeter, evaluator: Container) -> None:
+        """Add the pre-warming EVAL's tasks to TRAIN's meter (same cpuset: the trial's own CPU use)."""
+        infra_retry(evaluator.reload)()
+        pid = int((evaluator.attrs.get("State") or {}).get("Pid") or 0)
+        source = source_for_pid(pid, container_id=evaluator.id)
+        if isinstance(source, str):
+            logger.warning("the pre-warming EVAL's compute cannot be measured: %s", source)
+        elif isinstance(meter.source, TaskGroup):
+            meter.source.add(source)
 
     @contextmanager
     def _step(self, name: str) -> Iterator[None]:

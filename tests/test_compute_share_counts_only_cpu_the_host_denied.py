@@ -25,6 +25,7 @@ from sandbox.compute import (
     ComputeMeter,
     ComputeReport,
     ProcessTree,
+    TaskGroup,
     cgroup_dir,
     parse_cpu_stat,
     parse_schedstat,
@@ -116,6 +117,35 @@ def test_sleeping_and_single_threaded_candidates_are_not_starved() -> None:
         m.sample()
     report = m.stop()
     assert report.share == 1.0 and not report.starved(0.85)
+
+
+@pytest.mark.parametrize("own_evaluator", [True, False])
+def test_the_trials_own_prewarming_evaluator_is_not_the_host_starving_it(own_evaluator: bool) -> None:
+    """One CPU: TRAIN (always runnable) gets 0.8 of it, the other 0.2 goes to a pre-warming EVAL.
+
+    That EVAL is the trial's own work (the Docker engine starts it inside TRAIN's clock, on the same
+    cpuset): as a member of TRAIN's TaskGroup nothing was denied. The same 0.2 taken by someone else
+    (a process outside the group) is the host starving the trial.
+    """
+    train, evaluator, clock = Counters(), Counters(), Clock()
+    group = TaskGroup(train)
+    m = ComputeMeter(group, 1.0, clock=clock)
+    m.start(thread=False)
+    if own_evaluator:
+        group.add(evaluator)
+    for _ in range(20):
+        clock.t += 1.0
+        train.add(1, 0.8, 0.2)
+        evaluator.add(100, 0.2, 0.8)
+        m.sample()
+    report = m.stop()
+    if own_evaluator:
+        assert report.share == pytest.approx(1.0) and not report.starved(0.85)
+        assert report.prewarm_cpu_s == pytest.approx(4.0) and report.cpu_s == pytest.approx(20.0)
+        assert "pre-warming EVAL" in report.summary()
+    else:
+        assert report.share == pytest.approx(0.8) and report.starved(0.85)
+        assert report.prewarm_cpu_s == 0.0
 
 
 def test_a_thread_that_exited_between_samples_still_counts() -> None:
