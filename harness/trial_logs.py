@@ -22,7 +22,7 @@ from typing import Any
 
 from harness.config import RunPaths, TrialPaths
 from harness.ledger import Ledger, TrialRecord
-from sandbox import audit
+from sandbox.engine import audit
 from sandbox import constants as C
 
 logger = logging.getLogger(__name__)

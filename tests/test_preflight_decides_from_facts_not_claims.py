@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 
 from sandbox import constants as C
-from sandbox import docker_backend
+from sandbox.engine import docker as docker_backend
 from sandbox.constants import ExitCode
-from sandbox.limits import Limits, MiB
+from sandbox.engine.limits import Limits, MiB
 from sandbox.preflight import cli, facts, host, runner
 from sandbox.preflight.checks import judge_all
 from sandbox.verdict import EngineUnavailable

@@ -62,7 +62,7 @@ from sandbox.cluster.wire import (
     unpack_trial_dir,
 )
 from sandbox.incontainer.fileio import atomic_write
-from sandbox.limits import Limits
+from sandbox.engine.limits import Limits
 from sandbox.verdict import NodeInfo, SandboxError, TrialSpec, Verdict
 
 logger = logging.getLogger(__name__)

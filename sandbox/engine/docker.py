@@ -68,13 +68,13 @@ from docker.models.containers import Container
 from docker.models.volumes import Volume
 from docker.types import DeviceRequest, Mount
 
-from sandbox import audit, reaper, trialdir
+from sandbox.engine import audit, reaper, trialdir
 from sandbox import constants as C
 from sandbox.compute import ComputeMeter, ComputeReport, allotment, source_for_pid, unmeasured
 from sandbox.constants import Status
-from sandbox.gpu import parse_cpuset
+from sandbox.engine.gpu import parse_cpuset
 from sandbox.incontainer.fileio import atomic_write
-from sandbox.limits import MiB
+from sandbox.engine.limits import MiB
 from sandbox.retry import engine_errors, infra_retry
 from sandbox.verdict import (
     EvalOutcome,

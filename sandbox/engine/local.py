@@ -32,11 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from sandbox import audit, trialdir
+from sandbox.engine import audit, trialdir
 from sandbox import constants as C
 from sandbox.compute import ComputeMeter, ComputeReport, ProcessTree, allotment
 from sandbox.constants import Status
-from sandbox.limits import MiB
+from sandbox.engine.limits import MiB
 from sandbox.verdict import (
     EvalOutcome,
     SandboxError,
