@@ -64,8 +64,8 @@ from harness.judge import (  # noqa: E402
     judge_paired,
 )
 from harness.loop import derive_seed  # noqa: E402
-from sandbox.engine.backend import Sandbox  # noqa: E402
 from sandbox.constants import Status  # noqa: E402
+from sandbox.engine.backend import Sandbox  # noqa: E402
 from sandbox.verdict import TrialSpec, Verdict  # noqa: E402
 
 DEFAULT_WORSE = "MATRIX_LR=0.02"

@@ -32,7 +32,7 @@ def make_ray_sandbox(
     if backend == "local":
         runner, image_id = node.LocalNodeRunner(), node.LocalNodeRunner.IMAGE_ID
     else:
-        from sandbox.engine.docker import connect, resolve_image
+        from sandbox.engine.docker_config import connect, resolve_image
         from sandbox.verdict import SandboxError
 
         runner = node.DockerNodeRunner()

@@ -178,7 +178,9 @@ class Settings(BaseSettings):
     )
     judge: JudgeSettings = Field(default_factory=JudgeSettings)
     retries: RetrySettings = Field(default_factory=RetrySettings)
-    limits: dict[str, Any] = Field(default_factory=dict, description="overrides of sandbox.engine.limits.Limits")
+    limits: dict[str, Any] = Field(
+        default_factory=dict, description="overrides of sandbox.engine.limits.Limits"
+    )
     agent_settings: AgentSettings = Field(default_factory=lambda: AgentSettings.model_validate({}))
 
     @field_validator("limits", mode="before")

@@ -191,7 +191,7 @@ def cmd_preflight(args: argparse.Namespace) -> int:
 
 
 def cmd_reap(args: argparse.Namespace) -> int:
-    from sandbox.engine.docker import connect
+    from sandbox.engine.docker_config import connect
     from sandbox.engine.reaper import reap
     from sandbox.verdict import SandboxError
 

@@ -62,7 +62,7 @@ def require_runsc(client: docker.DockerClient) -> None:
 @pytest.fixture(scope="session")
 def docker_client() -> docker.DockerClient:
     """A client for a reachable Docker engine (skips locally without one, fails in CI)."""
-    from sandbox.engine.docker import connect
+    from sandbox.engine.docker_config import connect
     from sandbox.verdict import SandboxError
 
     try:
@@ -81,7 +81,7 @@ def runsc_client(docker_client: docker.DockerClient) -> docker.DockerClient:
 @pytest.fixture(scope="session")
 def trainer_image(docker_client: docker.DockerClient) -> str:
     """The trainer image's ID (skips locally when it is not built, fails in CI)."""
-    from sandbox.engine.docker import resolve_image
+    from sandbox.engine.docker_config import resolve_image
     from sandbox.verdict import ImageMissing
 
     try:

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from sandbox.engine import audit
 from sandbox import constants as C
+from sandbox.engine import audit
 from sandbox.engine.docker import DockerSandbox
 from sandbox.engine.local import LocalSandbox
 from sandbox.verdict import TrialSpec

@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 
-from sandbox.engine import audit
 from sandbox import constants as C
+from sandbox.engine import audit
 from sandbox.engine.limits import Limits
 from sandbox.engine.local import LocalSandbox
 from sandbox.verdict import EvalOutcome, EvaluatorFailed, TrainOutcome, TrialSpec

@@ -25,7 +25,7 @@ CHECK = (
 
 @pytest.fixture(scope="module")
 def controller_image(docker_client: docker.DockerClient) -> str:
-    from sandbox.engine.docker import resolve_image
+    from sandbox.engine.docker_config import resolve_image
 
     try:
         return resolve_image(docker_client, C.CONTROLLER_IMAGE)

@@ -36,7 +36,7 @@ import requests.exceptions
 
 from sandbox import constants as C
 from sandbox.engine import reaper
-from sandbox.engine.docker import remapped_root, resolve_image
+from sandbox.engine.docker_config import remapped_root, resolve_image
 from sandbox.engine.limits import Limits
 from sandbox.preflight.facts import HardeningTier, PreflightResult
 from sandbox.preflight.runner import userns_remapped

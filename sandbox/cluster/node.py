@@ -210,7 +210,7 @@ class DockerNodeRunner:
         self.image = image
 
     def image_id(self) -> str | None:
-        from sandbox.engine.docker import connect, resolve_image
+        from sandbox.engine.docker_config import connect, resolve_image
 
         return resolve_image(connect(), self.image)
 
@@ -230,13 +230,13 @@ class DockerNodeRunner:
 
     def reap(self) -> tuple[int, int]:
         from sandbox.engine import reaper
-        from sandbox.engine.docker import connect
+        from sandbox.engine.docker_config import connect
 
         report = reaper.reap(connect())
         return len(report.containers), len(report.volumes)
 
     def preflight(self, profile: str, limits: Limits, data_dir: str | None) -> list[str]:
-        from sandbox.engine.docker import connect
+        from sandbox.engine.docker_config import connect
         from sandbox.preflight.runner import run_preflight
 
         result = run_preflight(

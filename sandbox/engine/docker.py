@@ -1,6 +1,7 @@
-"""DockerSandbox: one trial as two hardened containers, with the controller owning the clock.
+"""The Docker engine: one trial as two hardened containers, with the controller owning the clock.
 
-One trial, in order:
+The trial's steps are the template's (sandbox/engine/trial.py); this module is the mechanism, and
+docker_config.py the settings of every volume and container. One trial on the engine, in order:
 
     volume  out     tmpfs, size=output_limit_mb, nr_inodes capped, uid 65532, mode 0700
     volume  report  tmpfs, size=report_limit_mb
@@ -14,43 +15,32 @@ One trial, in order:
     then every container and volume is removed, whatever happened.
 
 Why a holder: the output cap must be enforced by the kernel on every write (a tmpfs `size=`), not
-checked afterwards. A container's own tmpfs dies with the container, and a docker local volume of
-type tmpfs is mounted when its first user starts and unmounted, contents lost, when its last user
-stops. The holder is that last user: trusted, idle, with a 64 MiB memory limit (tmpfs pages are
-charged to the writer, TRAIN, not to the holder). It is also where the controller looks into the
-channel (`statvfs`, is model.pt2 a regular file) and fetches the report, so the controller never
-needs access to the engine's files on the host and can itself run in a container.
+checked afterwards. A docker local volume of type tmpfs is unmounted, contents lost, when its last
+user stops; the holder (trusted, idle, 64 MiB) is that last user. It is also where the controller
+looks into the channel (`statvfs`, is model.pt2 a regular file) and fetches the report, so the
+controller never needs the engine's files on the host and can itself run in a container.
 
 Deliberate properties:
-- The image is resolved to its ID once per sandbox and every container is created from that ID, so a
-  rebuilt `:latest` cannot change a running experiment; the ID goes into every verdict.
-- TRAIN's environment is built from scratch (profile, paths, seed, HOME, TMPDIR, Python flags): never
-  the controller's environment, so no API key or token can leak into the candidate's world.
 - The controller keeps the clock: it polls the container state and sends SIGTERM at the budget and
   SIGKILL after the grace. docker-py's `wait(timeout)` is only an HTTP timeout and a followed log
   stream can block after exit, so neither is used. Logs are fetched once, after exit, and capped.
+  Between polls it waits on the cancel event: a cancelled trial raises at once and its cleanup
+  removes the containers with force.
 - Memory is measured by the controller (engine stats sampled in a thread), never taken from the
-  candidate's own printout. It is the cgroup's peak: page cache and the output tmpfs included.
-- So is the compute TRAIN got (sandbox/compute.py): the schedstat of the tasks in TRAIN's cgroup,
-  found from the host pid the engine reports. A TRAIN below `spec.min_compute_share` is `starved`
-  whatever else happened to it, and its artifact is not evaluated.
-- GPUs are passed only as explicit device ids from the spec's lease, never "all".
+  candidate's printout: the cgroup's peak, page cache and the output tmpfs included. So is the
+  compute TRAIN got (sandbox/compute.py), from the schedstat of the tasks in TRAIN's cgroup.
 - Infrastructure steps are retried (sandbox.retry); the candidate's run never is.
 - The pre-warmed evaluator shares nothing writable with TRAIN: it sees the output channel read-only
-  and reads neither it nor the validation data before the go, which comes after TRAIN's exit (the
-  moment the evaluator used to be started); its report channel is not mounted in TRAIN. It is a fresh
-  container and process per trial, its clock (`eval_timeout_s`, `eval_wall_s`) starts at the go, and
-  it touches no GPU before the go. When TRAIN ends without an artifact it is removed unused.
+  and reads neither it nor the validation data before the go, which comes after TRAIN's exit; its
+  report channel is not mounted in TRAIN. Its clock (`eval_timeout_s`, `eval_wall_s`) starts at the
+  go, and it touches no GPU before the go. When TRAIN ends without an artifact it is removed unused.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
-import math
 import secrets
-import tarfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -66,95 +56,31 @@ import docker.errors
 import requests.exceptions
 from docker.models.containers import Container
 from docker.models.volumes import Volume
-from docker.types import DeviceRequest, Mount
 
-from sandbox.engine import audit, reaper, trialdir
 from sandbox import constants as C
 from sandbox.compute import ComputeMeter, ComputeReport, allotment, source_for_pid, unmeasured
-from sandbox.constants import Status
+from sandbox.engine import docker_config as cfg
+from sandbox.engine import reaper, trialdir
+from sandbox.engine.base import EvalResult, StagedTrial, TrainResult
+from sandbox.engine.docker_observe import MemoryWatcher, fetch_report, inspect_output
 from sandbox.engine.gpu import parse_cpuset
-from sandbox.incontainer.fileio import atomic_write
 from sandbox.engine.limits import MiB
+from sandbox.engine.trial import run_trial
 from sandbox.retry import engine_errors, infra_retry
-from sandbox.verdict import (
-    EvalOutcome,
-    SandboxError,
-    TrainOutcome,
-    TrialSpec,
-    Verdict,
-    classify_eval,
-    classify_starved,
-    classify_train,
-)
+from sandbox.verdict import EvalOutcome, SandboxError, TrainOutcome, TrialCancelled, TrialSpec, Verdict
 
 logger = logging.getLogger(__name__)
 
-API_TIMEOUT_S = 60  # every HTTP call to the engine, cleanup included
 POLL_MIN_S = 0.05  # state polling starts fast (short trials, prompt exit detection) ...
 POLL_MAX_S = 0.25  # ... and slows down for long ones
-STATS_INTERVAL_S = 0.5
 KILL_CONFIRM_S = 30.0  # a SIGKILLed container still running after this is an engine failure
-OUTPUT_MAX_INODES = 4096  # files in the output channel; inodes cost memory the size cap does not see
-REPORT_MAX_INODES = 64
-HOLDER_MEM_MB = 64
-HOLDER_PIDS = 16
-REPORT_PATH = f"{C.CONTAINER_REPORT_DIR}/{C.REPORT_FILE}"
-EVAL_GO_FILE = "/tmp/autoresearch-eval-go"  # in the evaluator's private /tmp: created by exec after TRAIN
-_GO = f"open({EVAL_GO_FILE!r}, 'w').close()"
-# The pre-warmed evaluator's CPU weight (cgroup cpu.shares; containers default to 1024): a quarter of
-# TRAIN's. Its start-up (imports, warm-up: about 2 s of one core) overlaps TRAIN on the same CPUs; with
-# this weight it runs in TRAIN's idle moments and otherwise gets a fifth of a contended core, instead of
-# half. After TRAIN it is alone and runs at full speed: a weight only matters under contention.
-EVAL_CPU_SHARES = 256
-RUNNING = frozenset({"created", "running", "restarting", "paused"})
-
-# Run in the holder (trusted code, the holder's read-only view of the output channel).
-_OUTPUT_PROBE = f"""
-import json, os, stat
-s = os.statvfs({C.CONTAINER_OUT!r})
-try:
-    a = os.lstat({C.CONTAINER_OUT + "/" + C.ARTIFACT_FILE!r})
-except FileNotFoundError:
-    a = None
-print(json.dumps({{"free_bytes": s.f_bavail * s.f_frsize, "block": s.f_frsize, "free_inodes": s.f_favail,
-    "artifact_regular": a is not None and stat.S_ISREG(a.st_mode), "artifact_bytes": a and a.st_size}}))
-"""
-
-
-def connect(timeout_s: int = API_TIMEOUT_S) -> docker.DockerClient:
-    """A client for the engine in the environment (DOCKER_HOST or the default socket), checked with a ping."""
-    with engine_errors("connecting to the Docker engine"):
-        client = docker.from_env(timeout=timeout_s)
-        infra_retry(client.ping)()
-    return client
-
-
-def remapped_root(client: docker.DockerClient) -> tuple[int, int]:
-    """The host uid and gid that the engine maps container root to: (0, 0) without userns-remap.
-
-    A remapping engine says so in SecurityOptions ("name=userns") and keeps its data in
-    <data-root>/<uid>.<gid>, named after exactly these ids. Container uid N is then host uid uid+N (one
-    subordinate range, as `--userns-remap=default` creates; preflight's writes to /out prove it).
-    """
-    with engine_errors("reading the engine's configuration"):
-        info: dict[str, Any] = infra_retry(client.info)()
-    if not any("name=userns" in opt for opt in info.get("SecurityOptions") or []):
-        return 0, 0
-    uid, _, gid = Path(str(info.get("DockerRootDir") or "")).name.partition(".")
-    if not (uid.isdigit() and gid.isdigit()):
-        raise SandboxError(f"userns-remap engine with an unexpected data-root {info.get('DockerRootDir')!r}")
-    return int(uid), int(gid)
-
-
-def resolve_image(client: docker.DockerClient, ref: str = C.TRAINER_IMAGE) -> str:
-    """The image's ID ("sha256:..."), which pins its content; raises ImageMissing when it is not built."""
-    with engine_errors(f"resolving image {ref}"):
-        image_id: str = infra_retry(client.images.get)(ref).id
-    return image_id
 
 
 class DockerSandbox:
-    """Runs trials on a Docker engine; one instance per controller process, reusable across trials."""
+    """Runs trials on a Docker engine; one instance per controller process, reusable across trials.
+
+    The `Sandbox` (sandbox/engine/backend.py) and the `Engine` (sandbox/engine/base.py) of Docker.
+    """
 
     name = "docker"
 
@@ -167,62 +93,30 @@ class DockerSandbox:
         reap_orphans: bool = True,
         prewarm_eval: bool = True,
     ) -> None:
-        self.client = client if client is not None else connect()
+        self.client = client if client is not None else cfg.connect()
         self.prewarm_eval = prewarm_eval  # start EVAL with TRAIN (see the module docstring)
-        self.image_id = resolve_image(self.client, image)
+        self.image_id = cfg.resolve_image(self.client, image)
         self.data_dir = data_dir
         if reap_orphans:
             reaper.reap(self.client)
 
+    @property
+    def images(self) -> dict[str, str]:
+        return {"trainer": self.image_id}
+
     def run_trial(self, spec: TrialSpec, cancel: threading.Event | None = None) -> Verdict:
-        started = time.monotonic()
-        trial_dir = spec.trial_dir.resolve()
-        trial_dir.mkdir(parents=True, exist_ok=True)
-        with trialdir.trial_log(trial_dir / C.SANDBOX_LOG_FILE):
-            data_dir = trialdir.resolve_data_dir(self.data_dir, spec.profile)
-            candidate = trialdir.stage_candidate(spec.candidate, trial_dir)
-            trail = audit.AuditTrail(trial_dir, spec.trial_id)
-            trail.start(spec, backend=self.name, images={"trainer": self.image_id})
-            trial = DockerTrial(
-                self.client,
-                self.image_id,
-                spec,
-                trial_dir,
-                data_dir,
-                candidate,
-                trail=trail,
-                prewarm_eval=self.prewarm_eval,
-            )
-            logger.info(
-                "trial %s: image %s, data %s, limits %s", spec.trial_id, self.image_id, data_dir, spec.limits
-            )
-            try:
-                status, val_bpb, reason, report = trial.execute()
-            except SandboxError as exc:
-                logger.error("trial %s: sandbox failure: %s", spec.trial_id, exc)
-                trail.infrastructure_error(exc)
-                raise
-            finally:
-                teardown_start = time.monotonic()
-                trial.cleanup()
-                trial.timings["teardown_s"] = time.monotonic() - teardown_start
-            trial.timings["total_s"] = time.monotonic() - started
-            verdict = trialdir.finish(
-                spec,
-                backend=self.name,
-                status=status,
-                val_bpb=val_bpb,
-                reason=reason,
-                train_log=trial.train_log,
-                timings=trial.timings,
-                peak_memory_bytes=trial.peak_memory_bytes,
-                images={"trainer": self.image_id},
-                logs=trial.logs,
-                report=report,
-                compute=trial.compute,
-            )
-            trail.verdict(verdict)
-            return verdict
+        return run_trial(self, spec, cancel)
+
+    def open(self, staged: StagedTrial) -> DockerTrial:
+        return DockerTrial(
+            self.client,
+            self.image_id,
+            staged.spec,
+            staged.trial_dir,
+            staged.data_dir,
+            staged.candidate,
+            prewarm_eval=self.prewarm_eval,
+        )
 
 
 @dataclass
@@ -238,7 +132,7 @@ class _Exit:
 
 @dataclass
 class DockerTrial:
-    """The state of one trial on the engine: what it created (for cleanup) and what it observed."""
+    """One trial on the engine (an `EngineTrial`): what it created, for cleanup, and what it observed."""
 
     client: docker.DockerClient
     image_id: str
@@ -251,33 +145,37 @@ class DockerTrial:
     volumes: list[Volume] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     logs: dict[str, Path] = field(default_factory=dict)
-    train_log: bytes = b""
-    peak_memory_bytes: int | None = None
     host_root: tuple[int, int] | None = None  # remapped_root(client), read once when a volume is made
-    trail: audit.AuditTrail | None = None  # audit.jsonl: where the trial's denials and exits are recorded
     prewarm_eval: bool = True
     compute: ComputeReport = field(default_factory=lambda: unmeasured("TRAIN never started"))
+    # Made by `train` for `evaluate`: the two channels, the holder and (pre-warmed) the evaluator.
+    _out: Volume | None = field(default=None, init=False)
+    _report: Volume | None = field(default=None, init=False)
+    _holder: Container | None = field(default=None, init=False)
+    _evaluator: Container | None = field(default=None, init=False)
 
-    # ------------------------------------------------------------------ the trial
+    # ------------------------------------------------------------------ the steps
 
-    def execute(self) -> tuple[Status, float | None, str, dict[str, Any] | None]:
+    def train(self, cancel: threading.Event) -> TrainResult:
+        """Set up the channels, the holder, TRAIN (and the pre-warmed EVAL); run TRAIN on the clock."""
         limits = self.spec.limits
         t0 = time.monotonic()
         with self._step("volumes"):
-            out = self.volume("out", limits.output_limit_mb, OUTPUT_MAX_INODES)
-            report_vol = self.volume("report", limits.report_limit_mb, REPORT_MAX_INODES)
+            out = self._out = self.volume("out", limits.output_limit_mb, cfg.OUTPUT_MAX_INODES)
+            report = self._report = self.volume("report", limits.report_limit_mb, cfg.REPORT_MAX_INODES)
         with self._step("holder"):
-            holder = self._holder(out, report_vol)
+            holder = self._holder = self._create("holder", cfg.holder_config(limits, out.name, report.name))
+            infra_retry(holder.start)()
         with self._step("train_create"):
             train = self._create("train", self.train_config(out))
         evaluator: Container | None = None
         if self.prewarm_eval:
             with self._step("eval_create"):
-                evaluator = self._create("eval", self._eval_config(out, report_vol))
+                evaluator = self._evaluator = self._create("eval", self._eval_config(out, report))
         self.timings["setup_s"] = time.monotonic() - t0
 
         with engine_errors("running TRAIN"):
-            watcher = _MemoryWatcher(train)
+            watcher = MemoryWatcher(train)
             meter: ComputeMeter | None = None
 
             def on_train_start() -> None:
@@ -291,20 +189,24 @@ class DockerTrial:
 
             try:
                 ran = self._run(
-                    train, budget_s=limits.time_budget_s, grace_s=limits.kill_grace_s, on_start=on_train_start
+                    train,
+                    cancel,
+                    budget_s=limits.time_budget_s,
+                    grace_s=limits.kill_grace_s,
+                    on_start=on_train_start,
                 )
             finally:
                 watcher.stop()
                 self.compute = meter.stop() if meter is not None else self.compute
-        logger.info("TRAIN %s", self.compute.summary())
-        self.peak_memory_bytes = watcher.peak_bytes
+        peak_memory_bytes = watcher.peak_bytes
         if ran.oom_killed:  # the kernel stopped it at the limit; the last sample came before that
-            self.peak_memory_bytes = limits.mem_limit_mb * MiB
+            peak_memory_bytes = limits.mem_limit_mb * MiB
         self.timings["train_wall_s"] = ran.wall_s
         with self._step("train_logs"):
-            self.train_log = self._keep_logs(train, "train", C.TRAIN_LOG_FILE, C.TRAIN_STATE_FILE)
+            log = self._keep_logs(train, "train", C.TRAIN_LOG_FILE, C.TRAIN_STATE_FILE)
         with self._step("output_probe"):
-            channel = self._inspect_output(holder)
+            channel = inspect_output(holder, limits)
+        logger.info("TRAIN output channel: %s", channel)
         outcome = TrainOutcome(
             exit_code=ran.exit_code,
             oom_killed=ran.oom_killed,
@@ -315,29 +217,39 @@ class DockerTrial:
             artifact_present=bool(channel["artifact_regular"]),
             wall_s=ran.wall_s,
         )
-        logger.info("TRAIN outcome: %s; output channel: %s", outcome, channel)
-        if self.trail is not None:
-            self.trail.train(outcome, limits, signals=ran.signals, name=self.container_name("train"))
-        early = classify_starved(self.compute, self.spec.min_compute_share) or classify_train(outcome)
-        if early is not None:
-            return early[0], None, early[1], None
+        return TrainResult(
+            outcome,
+            log,
+            ran.signals,
+            name=self.container_name("train"),
+            peak_memory_bytes=peak_memory_bytes,
+            compute=self.compute,
+        )
 
+    def evaluate(self, cancel: threading.Event) -> EvalResult:
+        """Release the pre-warmed evaluator (or create and start one); run it on its clock; fetch its report."""
+        if self._out is None or self._report is None or self._holder is None:
+            raise SandboxError("evaluate called before train")
+        limits = self.spec.limits
+        evaluator = self._evaluator
         if evaluator is None:
             with self._step("eval_create"):
-                evaluator = self._create("eval", self._eval_config(out, report_vol))
+                evaluator = self._evaluator = self._create("eval", self._eval_config(self._out, self._report))
             with engine_errors("running EVAL"):
-                ev = self._run(evaluator, budget_s=limits.eval_timeout_s, grace_s=None)
+                ev = self._run(evaluator, cancel, budget_s=limits.eval_timeout_s, grace_s=None)
         else:
             with self._step("eval_go"):
                 go_at = self._release(evaluator)
             with engine_errors("running EVAL"):
-                ev = self._run(evaluator, budget_s=limits.eval_timeout_s, grace_s=None, started_at=go_at)
+                ev = self._run(
+                    evaluator, cancel, budget_s=limits.eval_timeout_s, grace_s=None, started_at=go_at
+                )
         self.timings["eval_wall_s"] = ev.wall_s
         with self._step("eval_logs"):
             self._keep_logs(evaluator, "eval", C.EVAL_LOG_FILE, C.EVAL_STATE_FILE)
         with self._step("report_fetch"):
-            report, report_error = self._fetch_report(holder)
-        eval_outcome = EvalOutcome(
+            report, report_error = fetch_report(self._holder, limits, self.trial_dir, self.logs)
+        outcome = EvalOutcome(
             exit_code=ev.exit_code,
             oom_killed=ev.oom_killed,
             timed_out=ev.sigkilled,
@@ -345,10 +257,9 @@ class DockerTrial:
             report_error=report_error,
             wall_s=ev.wall_s,
         )
-        if self.trail is not None:
-            self.trail.eval(eval_outcome, limits, signals=ev.signals, name=self.container_name("eval"))
-        status, val_bpb, reason = classify_eval(eval_outcome)
-        return status, val_bpb, reason, report
+        return EvalResult(outcome, ev.signals, name=self.container_name("eval"))
+
+    # ------------------------------------------------------------------ the clock
 
     def _compute_meter(self, train: Container) -> ComputeMeter | None:
         """A meter on TRAIN's cgroup, found from the pid the engine reports (None: not measurable here).
@@ -381,6 +292,7 @@ class DockerTrial:
     def _run(
         self,
         container: Container,
+        cancel: threading.Event,
         *,
         budget_s: float,
         grace_s: float | None,
@@ -391,7 +303,8 @@ class DockerTrial:
 
         With `grace_s=None` the container gets SIGKILL at the budget directly (the evaluator). With
         `started_at`, the container is already running and its clock started then (the pre-warmed
-        evaluator: at its go).
+        evaluator: at its go). Between polls it waits on `cancel`; once set, it raises `TrialCancelled`
+        and leaves the container to the cleanup, which removes it with force.
         """
         role = container.labels.get(C.LABEL_ROLE, "?")
         if started_at is None:
@@ -408,7 +321,7 @@ class DockerTrial:
         signals: dict[str, tuple[float, float]] = {}
         while True:
             infra_retry(container.reload)()
-            if container.status not in RUNNING:
+            if container.status not in cfg.RUNNING:
                 break
             now = time.monotonic() - start
             if grace_s is not None and not sigterm_sent and now >= budget_s:
@@ -427,7 +340,9 @@ class DockerTrial:
             pause = min(POLL_MIN_S + now / 40, POLL_MAX_S)
             if next_deadline > now:
                 pause = min(pause, next_deadline - now)
-            time.sleep(max(pause, 0.005))
+            if cancel.wait(max(pause, 0.005)):
+                logger.info("%s: cancelled at %.1f s", role, time.monotonic() - start)
+                raise TrialCancelled(f"cancelled while {role} ran: its containers are removed")
         wall = time.monotonic() - start
         state = container.attrs["State"]
         exit_code = None if sigkilled else int(state["ExitCode"])
@@ -457,7 +372,7 @@ class DockerTrial:
         go_at = time.monotonic()
         uid = f"{self.spec.limits.uid}:{self.spec.limits.gid}"
         try:
-            result = infra_retry(evaluator.exec_run)(["python", "-I", "-S", "-c", _GO], user=uid)
+            result = infra_retry(evaluator.exec_run)(cfg.GO_COMMAND, user=uid)
         except docker.errors.APIError as exc:
             if exc.status_code == 409:  # not running any more
                 logger.warning("the evaluator exited before its go")
@@ -475,16 +390,13 @@ class DockerTrial:
         return f"ar-{self.spec.trial_id}-{self.nonce}-{role}"
 
     def volume(self, role: str, size_mb: int, inodes: int) -> Volume:
-        # The engine mounts the tmpfs on the host, outside any user namespace: under userns-remap its
-        # owner must be the host ids the container's uid:gid map to, or TRAIN cannot write its output.
         if self.host_root is None:
-            self.host_root = remapped_root(self.client)
-        uid, gid = self.spec.limits.uid + self.host_root[0], self.spec.limits.gid + self.host_root[1]
-        opts = f"size={size_mb}m,nr_inodes={inodes},uid={uid},gid={gid},mode=0700"
+            self.host_root = cfg.remapped_root(self.client)
+        opts = cfg.tmpfs_volume_options(self.spec.limits, self.host_root, size_mb, inodes)
         volume: Volume = infra_retry(self.client.volumes.create)(
             name=self.container_name(role),
             driver="local",
-            driver_opts={"type": "tmpfs", "device": "tmpfs", "o": f"{opts},noexec,nosuid,nodev"},
+            driver_opts={"type": "tmpfs", "device": "tmpfs", "o": opts},
             labels=reaper.sandbox_labels(self.spec.trial_id, role),
         )
         self.volumes.append(volume)
@@ -500,98 +412,11 @@ class DockerTrial:
         self.containers.append(container)
         return container
 
-    def _holder(self, out: Volume, report: Volume) -> Container:
-        config = self.spec.limits.common_docker_kwargs(mem_limit_mb=HOLDER_MEM_MB)
-        config.pop("runtime", None)  # trusted and idle: the default runtime starts fastest
-        config |= {
-            "command": ["sleep", "infinity"],
-            "pids_limit": HOLDER_PIDS,
-            "working_dir": C.CONTAINER_APP,
-            "mounts": [
-                Mount(C.CONTAINER_OUT, out.name, "volume", read_only=True, no_copy=True),
-                Mount(C.CONTAINER_REPORT_DIR, report.name, "volume", read_only=True, no_copy=True),
-            ],
-        }
-        holder = self._create("holder", config)
-        infra_retry(holder.start)()
-        return holder
-
-    def _env(self) -> dict[str, str]:
-        limits = self.spec.limits
-        env = {
-            "HOME": "/tmp",
-            "TMPDIR": "/tmp",
-            "PYTHONPATH": C.CONTAINER_APP,
-            "PYTHONUNBUFFERED": "1",
-            "PYTHONDONTWRITEBYTECODE": "1",
-            C.ENV_PROFILE: self.spec.profile,
-            C.ENV_DATA: C.CONTAINER_DATA,
-            C.ENV_SEED: str(self.spec.seed),
-        }
-        if limits.cpus is not None:  # a CPU quota does not change os.cpu_count(): size thread pools to it
-            env["OMP_NUM_THREADS"] = str(max(1, math.floor(limits.cpus)))
-        return env
-
-    def _gpus(self) -> list[DeviceRequest]:
-        if not self.spec.gpu_ids:
-            return []
-        return [DeviceRequest(device_ids=list(self.spec.gpu_ids), capabilities=[["gpu"]])]
-
-    def _data(self, name: str) -> Mount:
-        return Mount(f"{C.CONTAINER_DATA}/{name}", str(self.data_dir / name), "bind", read_only=True)
-
     def train_config(self, out: Volume) -> dict[str, Any]:
-        limits = self.spec.limits
-        config = limits.common_docker_kwargs(mem_limit_mb=limits.mem_limit_mb)
-        config |= {
-            "command": [*C.JAIL, "python", C.CONTAINER_CANDIDATE],
-            "environment": self._env() | {C.ENV_OUT: C.CONTAINER_OUT},
-            "mounts": [
-                Mount(C.CONTAINER_CANDIDATE, str(self.candidate), "bind", read_only=True),
-                self._data(C.TRAIN_DIRNAME),
-                self._data(C.TOKENIZER_DIRNAME),
-                Mount(C.CONTAINER_OUT, out.name, "volume", read_only=False, no_copy=True),
-            ],
-            "device_requests": self._gpus(),
-        }
-        return config
+        return cfg.train_config(self.spec, self.candidate, self.data_dir, out.name)
 
     def _eval_config(self, out: Volume, report: Volume) -> dict[str, Any]:
-        limits = self.spec.limits
-        config = limits.common_docker_kwargs(mem_limit_mb=limits.eval_mem_limit_mb)
-        mounts = [
-            Mount(C.CONTAINER_ARTIFACT, out.name, "volume", read_only=True, no_copy=True),
-            Mount(C.CONTAINER_REPORT_DIR, report.name, "volume", read_only=False, no_copy=True),
-            self._data(C.VAL_DIRNAME),
-            self._data(C.TOKENIZER_DIRNAME),
-        ]
-        if (self.data_dir / C.DATA_MANIFEST_FILE).is_file():
-            mounts.append(self._data(C.DATA_MANIFEST_FILE))
-        config |= {
-            "command": [
-                *C.JAIL,
-                "python",
-                "-m",
-                C.EVALUATOR_MODULE,
-                "--profile",
-                self.spec.profile,
-                "--artifact",
-                C.CONTAINER_ARTIFACT,
-                "--report",
-                REPORT_PATH,
-                "--data",
-                C.CONTAINER_DATA,
-                "--device",
-                "cuda" if self.spec.gpu_ids else "cpu",
-                *(["--wait-for", EVAL_GO_FILE] if self.prewarm_eval else []),
-            ],
-            "environment": self._env(),
-            "working_dir": C.CONTAINER_APP,
-            "mounts": mounts,
-            **({"cpu_shares": EVAL_CPU_SHARES} if self.prewarm_eval else {}),
-            "device_requests": self._gpus(),
-        }
-        return config
+        return cfg.eval_config(self.spec, self.data_dir, out.name, report.name, prewarm=self.prewarm_eval)
 
     # ------------------------------------------------------------------ what the trial left
 
@@ -607,51 +432,6 @@ class DockerTrial:
         self.logs[name] = log_path
         self.logs[f"{name}_container"] = state_path
         return log
-
-    def _inspect_output(self, holder: Container) -> dict[str, Any]:
-        """How full the output channel is and whether model.pt2 is a regular file, seen from the holder."""
-        uid = f"{self.spec.limits.uid}:{self.spec.limits.gid}"
-        result = infra_retry(holder.exec_run)(["python", "-I", "-S", "-c", _OUTPUT_PROBE], user=uid)
-        try:
-            channel: dict[str, Any] = json.loads(result.output)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise SandboxError(
-                f"could not inspect the output channel (exit {result.exit_code}): {result.output!r}"
-            ) from exc
-        return channel
-
-    def _fetch_report(self, holder: Container) -> tuple[dict[str, Any] | None, str]:
-        """The evaluator's report from the report channel, size-capped and parsed; or None and why not."""
-        cap = self.spec.limits.report_limit_mb * MiB
-        try:
-            chunks, stat = infra_retry(holder.get_archive)(REPORT_PATH)
-        except docker.errors.NotFound:
-            return None, "no report was written"
-        if int(stat.get("size", 0)) > cap:
-            return None, f"the report is larger than {cap} bytes"
-        archive = bytearray()
-        for chunk in chunks:
-            archive += chunk
-            if len(archive) > cap + MiB:  # tar headers and padding are far smaller than a MiB
-                return None, f"the report archive is larger than {cap} bytes"
-        try:
-            with tarfile.open(fileobj=io.BytesIO(bytes(archive))) as tar:
-                member = tar.next()
-                if member is None or not member.isfile():
-                    return None, "the report is not a regular file"
-                stream = tar.extractfile(member)
-                raw = stream.read(cap + 1) if stream is not None else b""
-        except tarfile.TarError as exc:
-            return None, f"unreadable report archive: {exc}"
-        atomic_write(self.trial_dir / C.REPORT_FILE, raw, durable=False)
-        self.logs["report"] = self.trial_dir / C.REPORT_FILE
-        try:
-            report = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-            return None, f"the report is not valid JSON: {exc}"
-        if not isinstance(report, dict):
-            return None, "the report is not a JSON object"
-        return report, ""
 
     # ------------------------------------------------------------------ cleanup
 
@@ -691,40 +471,3 @@ def _attempt(step: str, action: Callable[[], object]) -> bool:
         logger.warning("cleanup: could not %s: %s", step, exc)
         return False
     return True
-
-
-class _MemoryWatcher:
-    """Samples a container's memory from the engine in a thread and keeps the peak it saw."""
-
-    def __init__(self, container: Container, interval_s: float = STATS_INTERVAL_S) -> None:
-        self._container = container
-        self._interval_s = interval_s
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"mem-{container.name}", daemon=True)
-        self.peak_bytes: int | None = None
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stopped.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=API_TIMEOUT_S)
-
-    def _loop(self) -> None:
-        one_shot: bool | None = True  # one sample, no 1 s wait for a second one (API >= 1.41)
-        while not self._stopped.is_set():
-            try:
-                stats = self._container.stats(stream=False, one_shot=one_shot)
-            except docker.errors.InvalidVersion:
-                one_shot = None  # an older engine: slower samples, same numbers
-                continue
-            except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-                logger.debug("memory sample of %s failed: %s", self._container.name, exc)
-            else:
-                memory = stats.get("memory_stats") or {}
-                # cgroup v1 reports the kernel's own peak (max_usage); v2 only the current usage.
-                sample = max(int(memory.get("max_usage") or 0), int(memory.get("usage") or 0))
-                if sample:
-                    self.peak_bytes = max(self.peak_bytes or 0, sample)
-            self._stopped.wait(self._interval_s)
