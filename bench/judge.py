@@ -64,8 +64,8 @@ from harness.judge import (  # noqa: E402
     judge_paired,
 )
 from harness.loop import derive_seed  # noqa: E402
-from sandbox.backend import Sandbox  # noqa: E402
 from sandbox.constants import Status  # noqa: E402
+from sandbox.engine.backend import Sandbox  # noqa: E402
 from sandbox.verdict import TrialSpec, Verdict  # noqa: E402
 
 DEFAULT_WORSE = "MATRIX_LR=0.02"
@@ -364,7 +364,7 @@ def main(argv: list[str] | None = None, *, sleep: Callable[[float], None] = time
         min_compute_share=args.min_compute_share,
     )
     planted = plant(args.train_py.read_text(encoding="utf-8"), args.worse)
-    from sandbox.limits import Limits
+    from sandbox.engine.limits import Limits
 
     sandbox: Sandbox
     if args.backend == "fake":
@@ -378,11 +378,11 @@ def main(argv: list[str] | None = None, *, sleep: Callable[[float], None] = time
             overrides["runtime"] = args.runtime
         limits = Limits.for_profile("tiny", **overrides)
         if args.backend == "local":
-            from sandbox.local_backend import LocalSandbox
+            from sandbox.engine.local import LocalSandbox
 
             sandbox = LocalSandbox(data_dir=args.data_dir)
         else:
-            from sandbox.docker_backend import DockerSandbox
+            from sandbox.engine.docker import DockerSandbox
 
             sandbox = DockerSandbox(data_dir=args.data_dir)
     with tempfile.TemporaryDirectory(prefix="bench-judge-") as tmp:

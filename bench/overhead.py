@@ -47,13 +47,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sandbox.constants import Status  # noqa: E402
-from sandbox.limits import Limits  # noqa: E402
+from sandbox.engine.limits import Limits  # noqa: E402
 from sandbox.verdict import TrialSpec, Verdict  # noqa: E402
 
 CANDIDATE = ROOT / "tests" / "candidates" / "tiny_export.py"
 GOAL_S = 3.0
 PHASES = ("setup_s", "train_wall_s", "eval_wall_s", "teardown_s", "total_s")
-# The Docker trial's own steps (sandbox/docker_backend.py), in order.
+# The Docker trial's own steps (sandbox/engine/docker.py), in order.
 STEPS = (
     "volumes_s",
     "holder_s",
@@ -96,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 
-    from sandbox.docker_backend import DockerSandbox
-    from sandbox.local_backend import LocalSandbox
+    from sandbox.engine.docker import DockerSandbox
+    from sandbox.engine.local import LocalSandbox
 
     limits = Limits.for_profile("tiny", runtime=args.runtime)
     docker_sandbox = DockerSandbox(data_dir=args.data_dir, prewarm_eval=not args.no_prewarm)

@@ -46,7 +46,7 @@ def ray_sandbox(cluster: Any, k: int, run_dir: Path, limits: Any, data_dir: Path
     """A RaySandbox on the first k worker nodes, pinning this host's trainer image and data."""
     import prepare
     from sandbox.cluster.dispatch import RaySandbox
-    from sandbox.docker_backend import connect, resolve_image
+    from sandbox.engine.docker_config import connect, resolve_image
 
     node_ids = [cluster.nodes[f"node-{i}"] for i in range(k)]
     return RaySandbox(

@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{max(counts)} workers x {args.cpus_per_worker} CPUs do not fit in {len(cpus)} CPUs")
 
     from sandbox.data.build import prepare_data
-    from sandbox.docker_backend import DockerSandbox
+    from sandbox.engine.docker import DockerSandbox
 
     prepare_data("tiny", args.data_dir)
     sandbox = DockerSandbox(data_dir=args.data_dir)
@@ -183,7 +183,7 @@ def _measure_ray(
 
 
 def _limits(args: argparse.Namespace) -> Any:
-    from sandbox.limits import Limits
+    from sandbox.engine.limits import Limits
 
     overrides: dict[str, Any] = {"runtime": args.runtime}
     if args.time_budget is not None:
@@ -198,7 +198,7 @@ def _measure(
     from harness.cluster_cmds import DispatchSeats
     from harness.config import RunConfig
     from harness.loop import ResearchLoop
-    from sandbox.gpu import CpuSetLeases
+    from sandbox.engine.gpu import CpuSetLeases
 
     config = RunConfig(
         run_dir=run_dir,

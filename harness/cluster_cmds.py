@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sandbox.gpu import Lease
+from sandbox.engine.gpu import Lease
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def make_ray_sandbox(
     if backend == "local":
         runner, image_id = node.LocalNodeRunner(), node.LocalNodeRunner.IMAGE_ID
     else:
-        from sandbox.docker_backend import connect, resolve_image
+        from sandbox.engine.docker_config import connect, resolve_image
         from sandbox.verdict import SandboxError
 
         runner = node.DockerNodeRunner()

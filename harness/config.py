@@ -27,7 +27,7 @@ Deliberate properties:
   over them.
 - "auto" choices are resolved in one place (`resolve_profile`, `resolve_agent`), each with the
   reason, which the `run` banner prints.
-- `limits` holds overrides of `sandbox.limits.Limits` fields; each value is checked against the
+- `limits` holds overrides of `sandbox.engine.limits.Limits` fields; each value is checked against the
   field's own constraints at load time, the combination when the profile is known.
 """
 
@@ -53,7 +53,7 @@ from pydantic_settings import (
 from harness.agents.config import AgentSettings
 from harness.judge import JudgeSettings
 from sandbox import constants as C
-from sandbox.limits import Limits
+from sandbox.engine.limits import Limits
 
 logger = logging.getLogger(__name__)
 
@@ -178,7 +178,9 @@ class Settings(BaseSettings):
     )
     judge: JudgeSettings = Field(default_factory=JudgeSettings)
     retries: RetrySettings = Field(default_factory=RetrySettings)
-    limits: dict[str, Any] = Field(default_factory=dict, description="overrides of sandbox.limits.Limits")
+    limits: dict[str, Any] = Field(
+        default_factory=dict, description="overrides of sandbox.engine.limits.Limits"
+    )
     agent_settings: AgentSettings = Field(default_factory=lambda: AgentSettings.model_validate({}))
 
     @field_validator("limits", mode="before")
@@ -284,7 +286,7 @@ class Choice:
 
 def gpu_visible() -> tuple[bool, str]:
     """Whether the driver reports a GPU (NVML, else nvidia-smi; never a guess), and what it reported."""
-    from sandbox.gpu import discover_gpus
+    from sandbox.engine.gpu import discover_gpus
 
     gpus = discover_gpus()
     if not gpus:

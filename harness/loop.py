@@ -115,11 +115,11 @@ from harness.lineage import Lineage
 from harness.progress import LogProgress, Progress
 from harness.results import ResultsFile, rows_for, sanitize_description
 from sandbox import constants as C
-from sandbox.backend import Sandbox
 from sandbox.constants import Decision, Status
+from sandbox.engine.backend import Sandbox
+from sandbox.engine.limits import Limits
 from sandbox.incontainer.fileio import atomic_write as write_atomic
 from sandbox.incontainer.fileio import sha256_file
-from sandbox.limits import Limits
 from sandbox.verdict import DataMissing, ImageMissing, SandboxError, TrialSpec, Verdict
 
 if TYPE_CHECKING:

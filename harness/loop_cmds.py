@@ -138,7 +138,7 @@ def _gpu_lease(
     if configured or profile != "gpu" or workers > 1:
         yield configured
         return
-    from sandbox.gpu import GpuLeases
+    from sandbox.engine.gpu import GpuLeases
 
     with GpuLeases().acquire(owner) as ids:
         yield ids
@@ -386,10 +386,10 @@ def _ensure_data(profile: str, data_dir: Path | None) -> None:
 
 def _make_sandbox(backend: str, data_dir: Path | None) -> Any:
     if backend == "local":
-        from sandbox.local_backend import LocalSandbox
+        from sandbox.engine.local import LocalSandbox
 
         return LocalSandbox(data_dir=data_dir)
-    from sandbox.docker_backend import DockerSandbox
+    from sandbox.engine.docker import DockerSandbox
 
     return DockerSandbox(data_dir=data_dir)
 

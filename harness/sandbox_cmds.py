@@ -119,7 +119,7 @@ def cmd_trial(args: argparse.Namespace) -> int:
 
 
 def _run_trial(args: argparse.Namespace) -> tuple[Any, Path]:
-    from sandbox.limits import Limits
+    from sandbox.engine.limits import Limits
     from sandbox.verdict import TrialSpec
 
     trial_id, trial_dir = _trial_location(args.trial_dir)
@@ -142,11 +142,11 @@ def _run_trial(args: argparse.Namespace) -> tuple[Any, Path]:
         min_compute_share=args.min_compute_share,
     )
     if args.backend == "local":
-        from sandbox.local_backend import LocalSandbox
+        from sandbox.engine.local import LocalSandbox
 
         logger.warning("backend local: the candidate runs on the host with NO isolation")
         return LocalSandbox(data_dir=args.data_dir).run_trial(spec), trial_dir
-    from sandbox.docker_backend import DockerSandbox
+    from sandbox.engine.docker import DockerSandbox
 
     return DockerSandbox(image=args.image, data_dir=args.data_dir).run_trial(spec), trial_dir
 
@@ -191,8 +191,8 @@ def cmd_preflight(args: argparse.Namespace) -> int:
 
 
 def cmd_reap(args: argparse.Namespace) -> int:
-    from sandbox.docker_backend import connect
-    from sandbox.reaper import reap
+    from sandbox.engine.docker_config import connect
+    from sandbox.engine.reaper import reap
     from sandbox.verdict import SandboxError
 
     try:

@@ -22,8 +22,8 @@ from typing import Any
 
 from harness.config import RunPaths, TrialPaths
 from harness.ledger import Ledger, TrialRecord
-from sandbox import audit
 from sandbox import constants as C
+from sandbox.engine import audit
 
 logger = logging.getLogger(__name__)
 

@@ -59,8 +59,8 @@ from harness.ledger import TrialPlan, TrialRecord
 from harness.loop import AgentGaveUp, LoopError, ResearchLoop, Seat, _Stop
 from harness.progress import Progress
 from sandbox.constants import Decision
-from sandbox.gpu import CpuSetLeases, GpuLeases, Lease, LeaseError, NoFreeDevice, parse_cpuset
-from sandbox.limits import Limits
+from sandbox.engine.gpu import CpuSetLeases, GpuLeases, Lease, LeaseError, NoFreeDevice, parse_cpuset
+from sandbox.engine.limits import Limits
 
 logger = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ Deliberate properties and limits:
 - A burst of more runnable threads than CPUs inside one interval is averaged over that interval.
 - Time stolen from a virtual machine's vCPUs by its hypervisor is invisible here (it counts as time
   on CPU); GPUs shared with other processes are not measured yet.
-- The trial's own pre-warming EVAL container (sandbox/docker_backend.py starts it inside TRAIN's
+- The trial's own pre-warming EVAL container (sandbox/engine/docker.py starts it inside TRAIN's
   clock, on the same cpuset, at a lower CPU weight) is part of the trial: its tasks join the meter's
   `TaskGroup`, so TRAIN queueing behind it is the trial using its allotment, not the host denying it.
   Its CPU is recorded apart (`prewarm_cpu_s`). Without this, on a one-CPU allotment every trial lost

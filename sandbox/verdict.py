@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sandbox.compute import ComputeReport
 from sandbox.constants import EVALUATOR_ERROR_EXIT, ExitCode, Status
-from sandbox.limits import Limits
+from sandbox.engine.limits import Limits
 
 # --------------------------------------------------------------------------- errors
 

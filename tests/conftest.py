@@ -16,7 +16,7 @@ import pytest
 if TYPE_CHECKING:
     import docker
 
-    from sandbox.docker_backend import DockerSandbox
+    from sandbox.engine.docker import DockerSandbox
     from sandbox.preflight.facts import PreflightResult
     from sandbox.verdict import TrialSpec
     from tests.ray_cluster import LocalCluster
@@ -62,7 +62,7 @@ def require_runsc(client: docker.DockerClient) -> None:
 @pytest.fixture(scope="session")
 def docker_client() -> docker.DockerClient:
     """A client for a reachable Docker engine (skips locally without one, fails in CI)."""
-    from sandbox.docker_backend import connect
+    from sandbox.engine.docker_config import connect
     from sandbox.verdict import SandboxError
 
     try:
@@ -81,7 +81,7 @@ def runsc_client(docker_client: docker.DockerClient) -> docker.DockerClient:
 @pytest.fixture(scope="session")
 def trainer_image(docker_client: docker.DockerClient) -> str:
     """The trainer image's ID (skips locally when it is not built, fails in CI)."""
-    from sandbox.docker_backend import resolve_image
+    from sandbox.engine.docker_config import resolve_image
     from sandbox.verdict import ImageMissing
 
     try:
@@ -93,7 +93,7 @@ def trainer_image(docker_client: docker.DockerClient) -> str:
 @pytest.fixture(scope="session")
 def docker_sandbox(docker_client: docker.DockerClient, trainer_image: str, tiny_data: Path) -> DockerSandbox:
     """A DockerSandbox on the tiny test data; reaps orphans once, at creation."""
-    from sandbox.docker_backend import DockerSandbox
+    from sandbox.engine.docker import DockerSandbox
 
     return DockerSandbox(client=docker_client, data_dir=tiny_data)
 
@@ -108,7 +108,7 @@ def make_spec(tmp_path: Path) -> Callable[..., TrialSpec]:
     """
     import uuid
 
-    from sandbox.limits import Limits
+    from sandbox.engine.limits import Limits
     from sandbox.verdict import TrialSpec
 
     def build(
@@ -152,7 +152,7 @@ def preflight_result(
     """One preflight run under runc with the tiny production limits, shared by the
     tests/test_isolation_*.py files, each of which asserts on the observations of its own property
     (test_isolation_preflight_passes_under_runsc.py runs it again under gVisor)."""
-    from sandbox.limits import Limits
+    from sandbox.engine.limits import Limits
     from sandbox.preflight.runner import run_preflight
 
     limits = Limits.for_profile("tiny", runtime="runc")
@@ -178,7 +178,7 @@ def ray_cluster() -> Iterator[LocalCluster]:
         if os.environ.get("CI"):
             pytest.fail(f"{reason} (CI must run the cluster tests for real)", pytrace=False)
         pytest.skip(reason)
-    from sandbox.gpu import host_cpus, split_cpusets
+    from sandbox.engine.gpu import host_cpus, split_cpusets
     from tests.ray_cluster import fresh_root, remove_root, start_cluster
 
     root = fresh_root()

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sandbox.cluster.node import ENV_NODE_CPUSET
-from sandbox.limits import Limits
+from sandbox.engine.limits import Limits
 from sandbox.verdict import TrialSpec, Verdict
 from tests.test_loop_fakes_honour_the_protocols import FakeSandbox
 
@@ -277,7 +277,7 @@ def main(argv: list[str]) -> int:
         return 0
     if len(argv) >= 3 and argv[0] == "start":
         root, n = Path(argv[1]), int(argv[2])
-        from sandbox.gpu import host_cpus, split_cpusets
+        from sandbox.engine.gpu import host_cpus, split_cpusets
 
         cpus = host_cpus()
         cpusets = list(split_cpusets(n, cpus)) if n <= len(cpus) else None

@@ -1,5 +1,5 @@
 """DockerSandbox and LocalSandbox write the same audit events for the same outcome (both derive them
-with sandbox/audit.py from the same engine-neutral values); the Docker one adds the engine's
+with sandbox/engine/audit.py from the same engine-neutral values); the Docker one adds the engine's
 container names. The output cap, enforced by the kernel only in a container, is recorded there.
 
 Property: an auditor reads one format whatever backend ran the trial, and the engine-free backend's
@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from sandbox import audit
 from sandbox import constants as C
-from sandbox.docker_backend import DockerSandbox
-from sandbox.local_backend import LocalSandbox
+from sandbox.engine import audit
+from sandbox.engine.docker import DockerSandbox
+from sandbox.engine.local import LocalSandbox
 from sandbox.verdict import TrialSpec
 
 pytestmark = pytest.mark.docker

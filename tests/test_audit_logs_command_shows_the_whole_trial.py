@@ -19,7 +19,7 @@ import pytest
 
 from harness.cli import main
 from sandbox import constants as C
-from sandbox.local_backend import LocalSandbox
+from sandbox.engine.local import LocalSandbox
 from sandbox.verdict import TrialSpec
 
 REPORT = {

@@ -24,10 +24,10 @@ from typing import Any
 
 import pytest
 
-from sandbox import audit
 from sandbox import constants as C
-from sandbox.limits import Limits
-from sandbox.local_backend import LocalSandbox
+from sandbox.engine import audit
+from sandbox.engine.limits import Limits
+from sandbox.engine.local import LocalSandbox
 from sandbox.verdict import EvalOutcome, EvaluatorFailed, TrainOutcome, TrialSpec
 
 T0 = 1_800_000_000.0  # an epoch time

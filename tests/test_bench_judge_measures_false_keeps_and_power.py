@@ -18,7 +18,7 @@ from types import ModuleType
 import pytest
 
 from harness.judge import JudgeSettings, code_lines
-from sandbox.limits import Limits
+from sandbox.engine.limits import Limits
 
 REPO = Path(__file__).resolve().parents[1]
 

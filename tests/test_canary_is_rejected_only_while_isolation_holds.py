@@ -17,7 +17,7 @@ import pytest
 from harness import canary
 from sandbox import constants as C
 from sandbox.constants import Status
-from sandbox.docker_backend import DockerSandbox, DockerTrial
+from sandbox.engine.docker import DockerSandbox, DockerTrial
 from sandbox.verdict import TrialSpec
 
 pytestmark = pytest.mark.docker

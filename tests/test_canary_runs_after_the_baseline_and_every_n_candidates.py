@@ -29,8 +29,8 @@ from harness.judge import replay
 from harness.ledger import Ledger, TrialRecord, verify
 from harness.loop import ResearchLoop
 from harness.results import ResultsFile, format_row, rows_for
-from sandbox import trialdir
 from sandbox.constants import TRAIN_LOG_FILE, Decision, Status
+from sandbox.engine import trialdir
 from sandbox.verdict import TrialSpec, Verdict
 from tests.test_loop_fakes_honour_the_protocols import FakeSandbox, Sleeps, run_config
 from tests.test_loop_resume_loses_and_duplicates_nothing import improving

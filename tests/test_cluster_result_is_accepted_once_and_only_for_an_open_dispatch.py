@@ -20,7 +20,7 @@ from harness.ledger import hash_tree
 from sandbox.cluster.dispatch import DuplicateResult, RaySandbox
 from sandbox.cluster.journal import DispatchJournal, journal_summary
 from sandbox.cluster.wire import ArchiveError, unpack_trial_dir
-from sandbox.limits import Limits
+from sandbox.engine.limits import Limits
 from sandbox.verdict import SandboxError, TrialSpec
 from tests.ray_cluster import ENV_FAKE_IMAGE, FAKE_IMAGE, FakeNodeRunner, LocalCluster
 from tests.test_loop_fakes_honour_the_protocols import START

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import gpu
-from sandbox.gpu import GpuLeases, format_cpuset, parse_cpuset, parse_nvidia_smi_csv, split_cpusets
+from sandbox.engine import gpu
+from sandbox.engine.gpu import GpuLeases, format_cpuset, parse_cpuset, parse_nvidia_smi_csv, split_cpusets
 
 
 def _fake_nvidia_smi(folder: Path, body: str) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.gpu import (
+from sandbox.engine.gpu import (
     CpuSetLeases,
     GpuDevice,
     GpuLeases,
@@ -95,7 +95,7 @@ def test_a_dead_holders_lease_is_reclaimed(tmp_path: Path) -> None:
         f"""
         import os, sys
         sys.path.insert(0, {str(REPO)!r})
-        from sandbox.gpu import GpuLeases
+        from sandbox.engine.gpu import GpuLeases
         lease = GpuLeases({str(path)!r}, ["0"]).acquire("doomed")
         print(lease.resources[0], flush=True)
         os._exit(0)  # dies without releasing, like a SIGKILLed worker
@@ -150,7 +150,7 @@ def test_waiting_acquire_gets_the_device_when_it_is_released(tmp_path: Path) -> 
         [
             sys.executable,
             "-c",
-            f"import sys, time; sys.path.insert(0, {str(REPO)!r}); from sandbox.gpu import GpuLeases\n"
+            f"import sys, time; sys.path.insert(0, {str(REPO)!r}); from sandbox.engine.gpu import GpuLeases\n"
             f"with GpuLeases({str(path)!r}, ['0']).acquire('holder'):\n"
             "    print('held', flush=True); time.sleep(0.5)\n",
         ],
@@ -182,7 +182,7 @@ def test_overlapping_cpusets_conflict_even_when_spelled_differently(tmp_path: Pa
 CONTENDER = """
 import json, os, sys, time
 sys.path.insert(0, {repo!r})
-from sandbox.gpu import GpuLeases
+from sandbox.engine.gpu import GpuLeases
 leases = GpuLeases({path!r}, ["0", "1"])
 for _ in range(3):
     with leases.acquire(f"p{{os.getpid()}}", wait_s=60, poll_s=0.01) as held:

@@ -19,13 +19,13 @@ pytestmark = pytest.mark.docker
 
 CHECK = (
     "set -e; python -m harness --help >/dev/null; git --version; "
-    "python -c 'import prepare, sandbox.data.build, sandbox.build.images, sandbox.docker_backend, anthropic, matplotlib, pyarrow; print(\"imports ok\")'"
+    "python -c 'import prepare, sandbox.data.build, sandbox.build.images, sandbox.engine.docker, anthropic, matplotlib, pyarrow; print(\"imports ok\")'"
 )
 
 
 @pytest.fixture(scope="module")
 def controller_image(docker_client: docker.DockerClient) -> str:
-    from sandbox.docker_backend import resolve_image
+    from sandbox.engine.docker_config import resolve_image
 
     try:
         return resolve_image(docker_client, C.CONTROLLER_IMAGE)

@@ -29,7 +29,8 @@ TRAINER_SOURCES = ["prepare.py", "sandbox/__init__.py", "sandbox/incontainer/"]
 ZONE_MODULES = sorted(f"sandbox.incontainer.{p.stem}" for p in ZONE.glob("*.py") if p.stem != "__init__")
 # The controller's half: present on the host, absent from the image.
 CONTROLLER_MODULES = [
-    "sandbox.docker_backend",
+    "sandbox.engine",
+    "sandbox.engine.docker",
     "sandbox.images",
     "sandbox.data",
     "sandbox.preflight",

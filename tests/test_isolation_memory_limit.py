@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from sandbox.limits import Limits, MiB
+from sandbox.engine.limits import Limits, MiB
 from sandbox.preflight.facts import MEM_PROBE_MB, PreflightResult
 
 pytestmark = pytest.mark.docker

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from sandbox.limits import Limits, MiB
+from sandbox.engine.limits import Limits, MiB
 from sandbox.preflight.facts import OUTPUT_FULL_ERRNOS, PreflightResult
 
 pytestmark = pytest.mark.docker

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from sandbox.limits import Limits
+from sandbox.engine.limits import Limits
 from sandbox.preflight.facts import PreflightResult
 from sandbox.preflight.limit_checks import PIDS_SLACK
 

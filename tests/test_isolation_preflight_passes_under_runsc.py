@@ -14,7 +14,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from sandbox.limits import Limits
+from sandbox.engine.limits import Limits
 from sandbox.preflight.facts import HardeningTier
 from sandbox.preflight.runner import run_preflight
 

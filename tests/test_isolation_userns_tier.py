@@ -35,9 +35,9 @@ import pytest
 import requests.exceptions
 
 from sandbox import constants as C
-from sandbox import reaper
-from sandbox.docker_backend import remapped_root, resolve_image
-from sandbox.limits import Limits
+from sandbox.engine import reaper
+from sandbox.engine.docker_config import remapped_root, resolve_image
+from sandbox.engine.limits import Limits
 from sandbox.preflight.facts import HardeningTier, PreflightResult
 from sandbox.preflight.runner import userns_remapped
 from sandbox.verdict import SandboxError

@@ -20,11 +20,11 @@ from harness.agents.base import Agent, AgentContext, Proposal
 from harness.agents.fake import ScriptedAgent
 from harness.config import RetrySettings, RunConfig
 from harness.judge import JudgeSettings
-from sandbox import trialdir
-from sandbox.backend import Sandbox
 from sandbox.compute import ComputeReport
 from sandbox.constants import TRAIN_LOG_FILE, VERDICT_FILE, Status
-from sandbox.limits import Limits
+from sandbox.engine import trialdir
+from sandbox.engine.backend import Sandbox
+from sandbox.engine.limits import Limits
 from sandbox.verdict import SandboxError, TrialSpec, Verdict, classify_starved
 
 START = '''"""A stand-in train.py for the loop's tests: the fake sandbox reads SCORE and OUTCOME."""

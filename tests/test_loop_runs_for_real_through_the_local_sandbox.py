@@ -21,8 +21,8 @@ from harness.loop import ResearchLoop
 from harness.report import write_report
 from harness.results import ResultsFile
 from sandbox.constants import Decision, Status
-from sandbox.limits import Limits
-from sandbox.local_backend import LocalSandbox
+from sandbox.engine.limits import Limits
+from sandbox.engine.local import LocalSandbox
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 
 from sandbox import constants as C
-from sandbox import docker_backend
 from sandbox.constants import ExitCode
-from sandbox.limits import Limits, MiB
+from sandbox.engine import docker_config
+from sandbox.engine.limits import Limits, MiB
 from sandbox.preflight import cli, facts, host, runner
 from sandbox.preflight.checks import judge_all
 from sandbox.verdict import EngineUnavailable
@@ -558,7 +558,7 @@ def test_main_exit_code_and_json_line(
         seen.update(limits=limits, data_dir=data_dir, **kw)
         return result
 
-    monkeypatch.setattr(docker_backend, "connect", lambda: object())
+    monkeypatch.setattr(docker_config, "connect", lambda: object())
     monkeypatch.setattr(runner, "run_preflight", fake_run)
     args = argparse.Namespace(profile="tiny", runtime="runsc", data_dir=None, json=True)
     assert cli.main(args) == code
@@ -576,7 +576,7 @@ def test_main_reports_an_unreachable_engine_as_infrastructure(
     def down() -> object:
         raise EngineUnavailable("cannot reach the Docker engine")
 
-    monkeypatch.setattr(docker_backend, "connect", down)
+    monkeypatch.setattr(docker_config, "connect", down)
     assert cli.main(argparse.Namespace(json=False)) == ExitCode.ENGINE
     assert "EngineUnavailable" in capsys.readouterr().err
 

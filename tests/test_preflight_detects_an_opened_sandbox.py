@@ -16,8 +16,8 @@ from typing import Any
 import docker
 import pytest
 
-from sandbox.docker_backend import DockerTrial
-from sandbox.limits import Limits
+from sandbox.engine.docker import DockerTrial
+from sandbox.engine.limits import Limits
 from sandbox.preflight import facts, runner
 
 pytestmark = pytest.mark.docker

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from sandbox.limits import Limits, MiB
+from sandbox.engine.limits import Limits, MiB
 from sandbox.preflight import facts, host, limit_checks, runner
 from sandbox.preflight.checks import judge_all
 

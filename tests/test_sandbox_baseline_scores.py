@@ -17,8 +17,8 @@ import docker
 import pytest
 
 from sandbox.constants import Status
-from sandbox.docker_backend import DockerSandbox
-from sandbox.limits import Limits
+from sandbox.engine.docker import DockerSandbox
+from sandbox.engine.limits import Limits
 from sandbox.verdict import TrialSpec
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]

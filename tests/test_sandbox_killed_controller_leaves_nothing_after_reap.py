@@ -21,8 +21,8 @@ import docker
 import pytest
 
 from sandbox import constants as C
-from sandbox.docker_backend import DockerSandbox
-from sandbox.reaper import owner_labels
+from sandbox.engine.docker import DockerSandbox
+from sandbox.engine.reaper import owner_labels
 
 pytestmark = pytest.mark.docker
 

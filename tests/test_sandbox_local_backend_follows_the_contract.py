@@ -24,7 +24,7 @@ import pytest
 
 from sandbox import constants as C
 from sandbox.constants import Status
-from sandbox.local_backend import LocalSandbox
+from sandbox.engine.local import LocalSandbox
 from sandbox.verdict import DataMissing, EvaluatorFailed, TrialSpec, Verdict
 
 MakeSpec = Callable[..., TrialSpec]

@@ -21,7 +21,7 @@ import pytest
 
 from sandbox import constants as C
 from sandbox.constants import Status
-from sandbox.docker_backend import DockerSandbox
+from sandbox.engine.docker import DockerSandbox
 from sandbox.verdict import TrialSpec
 
 pytestmark = pytest.mark.docker

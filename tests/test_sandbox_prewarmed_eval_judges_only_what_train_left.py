@@ -17,7 +17,7 @@ from collections.abc import Callable
 import pytest
 
 from sandbox.constants import Status
-from sandbox.docker_backend import DockerSandbox
+from sandbox.engine.docker import DockerSandbox
 from sandbox.verdict import TrialSpec
 
 pytestmark = pytest.mark.docker

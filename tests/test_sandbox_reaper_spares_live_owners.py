@@ -15,7 +15,7 @@ import subprocess
 import sys
 
 from sandbox import constants as C
-from sandbox.reaper import owner_is_dead, owner_labels, sandbox_labels
+from sandbox.engine.reaper import owner_is_dead, owner_labels, sandbox_labels
 
 
 def _dead_pid() -> int:

@@ -19,8 +19,8 @@ from typing import Any, Literal
 import pytest
 
 from sandbox import constants as C
-from sandbox.docker_backend import DockerTrial
-from sandbox.limits import Limits
+from sandbox.engine.docker import DockerTrial
+from sandbox.engine.limits import Limits
 from sandbox.verdict import TrialSpec
 
 # Stand-ins for docker Volume objects: building a config only reads their name.

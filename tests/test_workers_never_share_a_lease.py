@@ -19,9 +19,9 @@ import pytest
 
 from harness.config import ConfigError, load_settings
 from harness.loop import ResearchLoop
-from sandbox.docker_backend import DockerTrial
-from sandbox.gpu import CpuSetLeases, GpuLeases, NoFreeDevice
-from sandbox.limits import Limits
+from sandbox.engine.docker import DockerTrial
+from sandbox.engine.gpu import CpuSetLeases, GpuLeases, NoFreeDevice
+from sandbox.engine.limits import Limits
 from sandbox.verdict import TrialSpec
 from tests.test_loop_fakes_honour_the_protocols import Sleeps
 from tests.workers_fakes import (

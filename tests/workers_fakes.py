@@ -19,7 +19,7 @@ from harness.ledger import Ledger, TrialRecord, verify
 from harness.lineage import PENDING, Lineage
 from harness.results import ResultsFile, format_row, rows_for
 from sandbox.constants import Decision
-from sandbox.gpu import CpuSetLeases
+from sandbox.engine.gpu import CpuSetLeases
 from sandbox.verdict import TrialSpec, Verdict
 from tests.test_loop_fakes_honour_the_protocols import FakeSandbox, edit, run_config, with_score
 

@@ -61,8 +61,8 @@ from sandbox.cluster.wire import (
     primitive,
     unpack_trial_dir,
 )
+from sandbox.engine.limits import Limits
 from sandbox.incontainer.fileio import atomic_write
-from sandbox.limits import Limits
 from sandbox.verdict import NodeInfo, SandboxError, TrialSpec, Verdict
 
 logger = logging.getLogger(__name__)

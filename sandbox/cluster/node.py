@@ -35,7 +35,7 @@ from typing import Protocol
 
 from sandbox import constants as C
 from sandbox.cluster.wire import NodeFacts, NodeReturn, TrialPayload, pack_trial_dir
-from sandbox.limits import Limits
+from sandbox.engine.limits import Limits
 from sandbox.verdict import SandboxError, TrialSpec, Verdict
 
 logger = logging.getLogger(__name__)
@@ -196,7 +196,7 @@ def run_on_node(runner: NodeRunner, payload_json: str) -> dict[str, object]:
 @cache
 def _docker_sandbox(image_id: str, data_dir: str | None) -> object:
     """One DockerSandbox per Ray worker process and pinned image, created from the image's id."""
-    from sandbox.docker_backend import DockerSandbox
+    from sandbox.engine.docker import DockerSandbox
 
     return DockerSandbox(image=image_id, data_dir=Path(data_dir) if data_dir else None, reap_orphans=False)
 
@@ -210,7 +210,7 @@ class DockerNodeRunner:
         self.image = image
 
     def image_id(self) -> str | None:
-        from sandbox.docker_backend import connect, resolve_image
+        from sandbox.engine.docker_config import connect, resolve_image
 
         return resolve_image(connect(), self.image)
 
@@ -222,21 +222,21 @@ class DockerNodeRunner:
 
     def hardware_class(self, profile: str) -> str:
         if profile == "gpu":
-            from sandbox.gpu import discover_gpus
+            from sandbox.engine.gpu import discover_gpus
 
             names = sorted({g.name for g in discover_gpus() if g.name})
             return "gpu:" + ("+".join(names) if names else "unknown")
         return "cpu:" + cpu_model()
 
     def reap(self) -> tuple[int, int]:
-        from sandbox import reaper
-        from sandbox.docker_backend import connect
+        from sandbox.engine import reaper
+        from sandbox.engine.docker_config import connect
 
         report = reaper.reap(connect())
         return len(report.containers), len(report.volumes)
 
     def preflight(self, profile: str, limits: Limits, data_dir: str | None) -> list[str]:
-        from sandbox.docker_backend import connect
+        from sandbox.engine.docker_config import connect
         from sandbox.preflight.runner import run_preflight
 
         result = run_preflight(
@@ -272,6 +272,6 @@ class LocalNodeRunner:
         return []
 
     def run(self, spec: TrialSpec, data_dir: str | None, image_id: str) -> Verdict:
-        from sandbox.local_backend import LocalSandbox
+        from sandbox.engine.local import LocalSandbox
 
         return LocalSandbox(data_dir=Path(data_dir) if data_dir else None).run_trial(spec)

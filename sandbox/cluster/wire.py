@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sandbox.limits import Limits, MiB
+from sandbox.engine.limits import Limits, MiB
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 
 from sandbox import constants as C
-from sandbox.limits import Limits
+from sandbox.engine.limits import Limits
 from sandbox.preflight.facts import (
     CANARY_NAME,
     ENGINE_SOCKETS,

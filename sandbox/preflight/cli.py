@@ -16,7 +16,7 @@ from pathlib import Path
 
 from sandbox import constants as C
 from sandbox.constants import ExitCode
-from sandbox.limits import Limits
+from sandbox.engine.limits import Limits
 from sandbox.preflight.facts import HardeningTier, PreflightResult
 from sandbox.verdict import SandboxError, exit_code_for
 
@@ -73,7 +73,7 @@ def format_table(result: PreflightResult) -> str:
 def main(args: argparse.Namespace) -> int:
     """`python -m harness preflight`: the result table (and a JSON line with --json); see EPILOG."""
     # docker-py and the engine side load only once the command really runs
-    from sandbox.docker_backend import connect
+    from sandbox.engine.docker_config import connect
     from sandbox.preflight.runner import run_preflight
 
     profile = getattr(args, "profile", None) or "tiny"

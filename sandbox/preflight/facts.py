@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 from sandbox import constants as C
-from sandbox.limits import Limits, MiB
+from sandbox.engine.limits import Limits, MiB
 from sandbox.verdict import SandboxError
 
 logger = logging.getLogger(__name__)

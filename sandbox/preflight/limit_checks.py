@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from sandbox import constants as C
-from sandbox.limits import Limits, MiB
+from sandbox.engine.limits import Limits, MiB
 from sandbox.preflight.facts import (
     MEM_PROBE_MB,
     OUTPUT_FULL_ERRNOS,

@@ -30,10 +30,11 @@ import docker.errors
 from docker.models.containers import Container
 
 from sandbox import constants as C
-from sandbox import reaper, trialdir
-from sandbox.docker_backend import OUTPUT_MAX_INODES, RUNNING, DockerTrial, resolve_image
+from sandbox.engine import reaper, trialdir
+from sandbox.engine.docker import DockerTrial
+from sandbox.engine.docker_config import OUTPUT_MAX_INODES, RUNNING, resolve_image
+from sandbox.engine.limits import Limits
 from sandbox.incontainer import preflight_probe
-from sandbox.limits import Limits
 from sandbox.preflight import host
 from sandbox.preflight.checks import judge_all
 from sandbox.preflight.facts import (

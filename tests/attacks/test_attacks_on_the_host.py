@@ -29,7 +29,7 @@ from harness.agents.base import LOG_TAIL_LIMIT
 from harness.agents.claude import brief
 from harness.loop import read_tail
 from sandbox import constants as C
-from sandbox.docker_backend import OUTPUT_MAX_INODES
+from sandbox.engine.docker_config import OUTPUT_MAX_INODES
 from tests.attacks.conftest import AttackResult
 
 pytestmark = pytest.mark.docker

@@ -1,6 +1,6 @@
 """The one interface the controller uses to run a trial, whatever isolates it.
 
-`DockerSandbox` (sandbox/docker_backend.py) is the real one. `LocalSandbox` (sandbox/local_backend.py)
+`DockerSandbox` (sandbox/engine/docker.py) is the real one. `LocalSandbox` (sandbox/engine/local.py)
 runs the same two steps as host processes with the same clock and the same classification, so the
 controller's tests need no engine. It isolates NOTHING and must never run untrusted code.
 """

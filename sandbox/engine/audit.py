@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from sandbox import constants as C
-from sandbox.limits import Limits
+from sandbox.engine.limits import Limits
 from sandbox.verdict import (
     SIGXFSZ_EXIT,
     EvalOutcome,

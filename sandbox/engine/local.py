@@ -18,6 +18,7 @@ the candidate, on the CPUs of its affinity), so a starved trial is `starved` her
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -32,34 +33,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from sandbox import audit, trialdir
 from sandbox import constants as C
 from sandbox.compute import ComputeMeter, ComputeReport, ProcessTree, allotment
-from sandbox.constants import Status
-from sandbox.limits import MiB
-from sandbox.verdict import (
-    EvalOutcome,
-    SandboxError,
-    TrainOutcome,
-    TrialSpec,
-    Verdict,
-    classify_eval,
-    classify_starved,
-    classify_train,
-)
+from sandbox.engine import trialdir
+from sandbox.engine.base import EvalResult, StagedTrial, TrainResult
+from sandbox.engine.limits import MiB
+from sandbox.engine.trial import run_trial
+from sandbox.verdict import EvalOutcome, SandboxError, TrainOutcome, TrialCancelled, TrialSpec, Verdict
 
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = (
-    Path(__file__).resolve().parents[1]
+    Path(__file__).resolve().parents[2]
 )  # holds prepare.py and sandbox/: the image's /opt/autoresearch
 WORK_DIRNAME = "local"  # inside the trial folder: out/, home/ and the data view
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 POLL_S = 0.02
+KILL_CONFIRM_S = 10.0  # how long a cancelled, SIGKILLed candidate may take to be reaped
 
 
 class LocalSandbox:
-    """Runs trials as host subprocesses. Isolates nothing (see the module docstring)."""
+    """Runs trials as host subprocesses. Isolates nothing (see the module docstring).
+
+    The `Sandbox` (sandbox/engine/backend.py) and the `Engine` (sandbox/engine/base.py) of host processes.
+    """
 
     name = "local"
 
@@ -75,48 +72,47 @@ class LocalSandbox:
         # The evaluator's command without its arguments; tests substitute a fake one.
         self.evaluator = list(evaluator) if evaluator is not None else [python, "-m", C.EVALUATOR_MODULE]
 
-    def run_trial(self, spec: TrialSpec, cancel: threading.Event | None = None) -> Verdict:
-        started = time.monotonic()
-        trial_dir = spec.trial_dir.resolve()
-        trial_dir.mkdir(parents=True, exist_ok=True)
-        with trialdir.trial_log(trial_dir / C.SANDBOX_LOG_FILE):
-            data_dir = trialdir.resolve_data_dir(self.data_dir, spec.profile)
-            candidate = trialdir.stage_candidate(spec.candidate, trial_dir)
-            trail = audit.AuditTrail(trial_dir, spec.trial_id)
-            trail.start(spec, backend=self.name)
-            try:
-                verdict = self._run_trial(spec, trial_dir, data_dir, candidate, trail, started)
-            except SandboxError as exc:
-                trail.infrastructure_error(exc)
-                raise
-            trail.verdict(verdict)
-            return verdict
+    @property
+    def images(self) -> dict[str, str]:
+        return {}  # no image: the host's interpreter runs both steps
 
-    def _run_trial(
-        self,
-        spec: TrialSpec,
-        trial_dir: Path,
-        data_dir: Path,
-        candidate: Path,
-        trail: audit.AuditTrail,
-        started: float,
-    ) -> Verdict:
-        limits = spec.limits
-        timings: dict[str, float] = {}
-        logs: dict[str, Path] = {}
-        work = trial_dir / WORK_DIRNAME
+    def run_trial(self, spec: TrialSpec, cancel: threading.Event | None = None) -> Verdict:
+        return run_trial(self, spec, cancel)
+
+    def open(self, staged: StagedTrial) -> LocalTrial:
+        return LocalTrial(staged, self.python, self.evaluator)
+
+
+@dataclass
+class LocalTrial:
+    """One trial as host processes (an `EngineTrial`): a scratch folder with out/, home/ and a data view."""
+
+    staged: StagedTrial
+    python: str
+    evaluator: list[str]
+    timings: dict[str, float] = field(default_factory=dict)
+    logs: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def work(self) -> Path:
+        return self.staged.trial_dir / WORK_DIRNAME
+
+    def train(self, cancel: threading.Event) -> TrainResult:
+        spec, limits = self.staged.spec, self.staged.spec.limits
+        work = self.work
         shutil.rmtree(work, ignore_errors=True)
         out, home, view = work / "out", work / "home", work / "data"
         for folder in (out, home, view):
             folder.mkdir(parents=True)
         out.chmod(0o700)
         for name in (C.TRAIN_DIRNAME, C.TOKENIZER_DIRNAME):  # never val/: same view as TRAIN's mounts
-            (view / name).symlink_to(data_dir / name, target_is_directory=True)
-        env = self._env(spec, home, view) | {C.ENV_OUT: str(out)}
-        timings["setup_s"] = time.monotonic() - started
+            (view / name).symlink_to(self.staged.data_dir / name, target_is_directory=True)
+        env = _env(spec, home, view) | {C.ENV_OUT: str(out)}
+        self.timings["setup_s"] = time.monotonic() - self.staged.started
 
         train = _run(
-            [self.python, str(candidate)],
+            [self.python, str(self.staged.candidate)],
+            cancel,
             env=env,
             cwd=work,
             budget_s=limits.time_budget_s,
@@ -124,10 +120,11 @@ class LocalSandbox:
             log_limit=limits.log_limit_bytes,
             measure=True,
         )
-        timings["train_wall_s"] = train.wall_s
-        logs["train"] = trial_dir / C.TRAIN_LOG_FILE
-        logs["train"].write_bytes(train.log)
+        self.timings["train_wall_s"] = train.wall_s
+        self.logs["train"] = self.staged.trial_dir / C.TRAIN_LOG_FILE
+        self.logs["train"].write_bytes(train.log)
         used, artifact = _output_usage(out)
+        logger.info("TRAIN output bytes %d", used)
         outcome = TrainOutcome(
             exit_code=train.exit_code,
             sigterm_sent=train.sigterm_sent,
@@ -136,63 +133,31 @@ class LocalSandbox:
             artifact_present=artifact,
             wall_s=train.wall_s,
         )
-        logger.info("TRAIN outcome: %s; output bytes %d", outcome, used)
-        trail.train(outcome, limits, signals=train.signals)
-        report: dict[str, Any] | None = None
-        if train.compute is not None:
-            logger.info("TRAIN %s", train.compute.summary())
-        early = classify_starved(train.compute, spec.min_compute_share) or classify_train(outcome)
-        if early is not None:
-            status, val_bpb, reason = early[0], None, early[1]
-        else:
-            status, val_bpb, reason, report = self._evaluate(spec, out, home, data_dir, timings, logs, trail)
-        teardown_start = time.monotonic()
-        shutil.rmtree(out, ignore_errors=True)  # the artifact is the evaluator's input, not a record
-        timings["teardown_s"] = time.monotonic() - teardown_start
-        timings["total_s"] = time.monotonic() - started
-        return trialdir.finish(
-            spec,
-            backend=self.name,
-            status=status,
-            val_bpb=val_bpb,
-            reason=reason,
-            train_log=train.log,
-            timings=timings,
-            peak_memory_bytes=train.peak_rss_bytes,
-            images={},
-            logs=logs,
-            report=report,
-            compute=train.compute,
+        return TrainResult(
+            outcome, train.log, train.signals, peak_memory_bytes=train.peak_rss_bytes, compute=train.compute
         )
 
-    def _evaluate(
-        self,
-        spec: TrialSpec,
-        out: Path,
-        home: Path,
-        data_dir: Path,
-        timings: dict[str, float],
-        logs: dict[str, Path],
-        trail: audit.AuditTrail,
-    ) -> tuple[Status, float | None, str, dict[str, Any] | None]:
+    def evaluate(self, cancel: threading.Event) -> EvalResult:
         """EVAL as a host process: the evaluator's command line as in the container, the full data dir."""
-        limits = spec.limits
-        report_path = spec.trial_dir.resolve() / C.REPORT_FILE
+        spec, limits = self.staged.spec, self.staged.spec.limits
+        out, home, data_dir = self.work / "out", self.work / "home", self.staged.data_dir
+        report_path = self.staged.trial_dir / C.REPORT_FILE
         report_path.unlink(missing_ok=True)
         args = ["--profile", spec.profile, "--artifact", str(out), "--report", str(report_path)]
         args += ["--data", str(data_dir), "--device", "cuda" if spec.gpu_ids else "cpu"]
         ev = _run(
             [*self.evaluator, *args],
-            env=self._env(spec, home, data_dir),
+            cancel,
+            env=_env(spec, home, data_dir),
             cwd=REPO_ROOT,
             budget_s=limits.eval_timeout_s,
             grace_s=None,
             log_limit=limits.log_limit_bytes,
         )
-        timings["eval_wall_s"] = ev.wall_s
-        logs["eval"] = report_path.with_name(C.EVAL_LOG_FILE)
-        logs["eval"].write_bytes(ev.log)
-        logs["report"] = report_path
+        self.timings["eval_wall_s"] = ev.wall_s
+        self.logs["eval"] = report_path.with_name(C.EVAL_LOG_FILE)
+        self.logs["eval"].write_bytes(ev.log)
+        self.logs["report"] = report_path
         report, report_error = _read_report(report_path, limits.report_limit_mb * MiB)
         outcome = EvalOutcome(
             exit_code=ev.exit_code,
@@ -201,23 +166,26 @@ class LocalSandbox:
             report_error=report_error,
             wall_s=ev.wall_s,
         )
-        trail.eval(outcome, limits, signals=ev.signals)
-        status, val_bpb, reason = classify_eval(outcome)
-        return status, val_bpb, reason, report
+        return EvalResult(outcome, ev.signals)
 
-    def _env(self, spec: TrialSpec, home: Path, data: Path) -> dict[str, str]:
-        """Built from scratch like the containers' environment: nothing of the controller's leaks in."""
-        return {
-            "PATH": SAFE_PATH,
-            "HOME": str(home),
-            "TMPDIR": str(home),
-            "PYTHONPATH": str(REPO_ROOT),
-            "PYTHONUNBUFFERED": "1",
-            "PYTHONDONTWRITEBYTECODE": "1",
-            C.ENV_PROFILE: spec.profile,
-            C.ENV_DATA: str(data),
-            C.ENV_SEED: str(spec.seed),
-        }
+    def cleanup(self) -> None:
+        """The artifact is the evaluator's input, not a record: remove the output folder."""
+        shutil.rmtree(self.work / "out", ignore_errors=True)
+
+
+def _env(spec: TrialSpec, home: Path, data: Path) -> dict[str, str]:
+    """Built from scratch like the containers' environment: nothing of the controller's leaks in."""
+    return {
+        "PATH": SAFE_PATH,
+        "HOME": str(home),
+        "TMPDIR": str(home),
+        "PYTHONPATH": str(REPO_ROOT),
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        C.ENV_PROFILE: spec.profile,
+        C.ENV_DATA: str(data),
+        C.ENV_SEED: str(spec.seed),
+    }
 
 
 @dataclass
@@ -235,6 +203,7 @@ class _Process:
 
 def _run(
     cmd: list[str],
+    cancel: threading.Event,
     *,
     env: dict[str, str],
     cwd: Path,
@@ -245,7 +214,9 @@ def _run(
 ) -> _Process:
     """Run one process with the controller's clock; its stdout and stderr are kept, capped, in memory.
 
-    With `measure`, its process tree's share of the CPUs it may use (its affinity) is sampled."""
+    With `measure`, its process tree's share of the CPUs it may use (its affinity) is sampled. Between
+    polls it waits on `cancel`: once set, the process group is killed and reaped and `TrialCancelled`
+    raised."""
     try:
         proc = subprocess.Popen(
             cmd,
@@ -288,9 +259,14 @@ def _run(
                 _killpg(proc.pid)
                 sigkilled = True
                 signals["SIGKILL"] = (now, time.time())
-            time.sleep(POLL_S)
+            if cancel.wait(POLL_S):
+                logger.info("%s: cancelled at %.1f s: its process group is killed", cmd[0], now)
+                raise TrialCancelled(f"cancelled while {Path(cmd[-1]).name} ran: its process group is killed")
     except BaseException:  # an interrupted controller takes the process group down before unwinding
         _killpg(proc.pid)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=KILL_CONFIRM_S)  # reaped: no zombie is left behind
+        reader.join()
         if meter is not None:
             meter.stop()
         raise
