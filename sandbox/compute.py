@@ -221,16 +221,14 @@ class TaskGroup:
 
     def __init__(self, first: TaskSource) -> None:
         self.sources: list[TaskSource] = [first]
+        self.how = first.how
         self.helper_tids: set[int] = set()  # tasks seen from a source other than the first
         self._lock = threading.Lock()
-
-    @property
-    def how(self) -> str:
-        return " + ".join(s.how for s in self.sources)
 
     def add(self, source: TaskSource) -> None:
         with self._lock:
             self.sources.append(source)
+            self.how = " + ".join(s.how for s in self.sources)
 
     def schedstats(self) -> Iterable[tuple[int, tuple[int, int]]]:
         with self._lock:
