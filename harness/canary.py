@@ -37,7 +37,7 @@ from typing import Any
 
 from harness.config import TrialPaths
 from harness.judge import code_lines
-from harness.ledger import CanaryCheck, TrialPlan, TrialRecord
+from harness.records.schemas import CanaryCheck, TrialPlan, TrialRecord
 from sandbox import constants as C
 from sandbox.constants import Decision, Status
 from sandbox.incontainer.fileio import atomic_write

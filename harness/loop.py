@@ -98,9 +98,13 @@ from harness.agents.base import (
 )
 from harness.config import RunConfig, RunPaths, TrialPaths
 from harness.judge import Action, Judgement, JudgeState, code_lines, judge, judge_paired, replay
-from harness.ledger import (
+from harness.progress import LogProgress, Progress
+from harness.records.chain import Ledger
+from harness.records.lineage import Lineage
+from harness.records.manifest import hash_tree
+from harness.records.results import ResultsFile, rows_for, sanitize_description
+from harness.records.schemas import (
     AgentRecord,
-    Ledger,
     ProgramRecord,
     RunMeta,
     RunRecord,
@@ -108,12 +112,8 @@ from harness.ledger import (
     StarvedAttempt,
     TrialPlan,
     TrialRecord,
-    hash_tree,
     run_cost,
 )
-from harness.lineage import Lineage
-from harness.progress import LogProgress, Progress
-from harness.results import ResultsFile, rows_for, sanitize_description
 from sandbox import constants as C
 from sandbox.backend import Sandbox
 from sandbox.constants import Decision, Status

@@ -35,15 +35,8 @@ from harness.agents.base import Usage
 from harness.agents.config import DEFAULT_PRICES_AS_OF
 from harness.config import RunPaths
 from harness.judge import JudgeSettings, JudgeState, replay
-from harness.ledger import (
-    NON_TRIAL_KINDS,
-    Ledger,
-    ProgramRecord,
-    TrialRecord,
-    VerifyResult,
-    run_cost,
-    verify,
-)
+from harness.records.chain import Ledger, VerifyResult, verify
+from harness.records.schemas import NON_TRIAL_KINDS, ProgramRecord, TrialRecord, run_cost
 from sandbox.constants import Decision
 
 logger = logging.getLogger(__name__)

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import RunPaths, TrialPaths
-from harness.ledger import Ledger, TrialRecord
+from harness.records.chain import Ledger
+from harness.records.schemas import TrialRecord
 from sandbox import audit
 from sandbox import constants as C
 

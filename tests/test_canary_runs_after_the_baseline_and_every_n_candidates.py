@@ -26,9 +26,10 @@ import pytest
 from harness import canary
 from harness.agents.fake import ScriptedAgent
 from harness.judge import replay
-from harness.ledger import Ledger, TrialRecord, verify
 from harness.loop import ResearchLoop
-from harness.results import ResultsFile, format_row, rows_for
+from harness.records.chain import Ledger, verify
+from harness.records.results import ResultsFile, format_row, rows_for
+from harness.records.schemas import TrialRecord
 from sandbox import trialdir
 from sandbox.constants import TRAIN_LOG_FILE, Decision, Status
 from sandbox.verdict import TrialSpec, Verdict

@@ -31,8 +31,8 @@ from harness.judge import (
     replay,
     t_quantile,
 )
-from harness.ledger import Ledger
 from harness.loop import ResearchLoop
+from harness.records.chain import Ledger
 from sandbox.constants import Decision
 from tests.test_loop_fakes_honour_the_protocols import FakeSandbox, Sleeps, edit, run_config, with_score
 

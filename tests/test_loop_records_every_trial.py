@@ -15,10 +15,10 @@ import pytest
 
 from harness.agents.fake import ScriptedAgent
 from harness.cli import main
-from harness.ledger import Ledger, verify
-from harness.lineage import DISCARDED, PENDING, Lineage
 from harness.loop import ResearchLoop
-from harness.results import HEADER
+from harness.records.chain import Ledger, verify
+from harness.records.lineage import DISCARDED, PENDING, Lineage
+from harness.records.results import HEADER
 from sandbox.constants import Decision, Status
 from tests.test_loop_fakes_honour_the_protocols import (
     PEAK_BYTES,
