@@ -123,16 +123,20 @@ def number_of_next(records: Sequence[TrialRecord]) -> int:
 
 def got(verdict: Verdict) -> str:
     """What came back, in the same words as EXPECTED."""
-    check = (verdict.report or {}).get("check")
+    check = verdict.report.check if verdict.report else None
     if verdict.status is Status.OK:
         return f"ok (val_bpb {verdict.val_bpb:.6f})" if verdict.val_bpb is not None else "ok"
     if verdict.status is Status.REJECTED:
-        return f"rejected by {check}" if isinstance(check, str) else f"rejected ({verdict.reason})"
+        return f"rejected by {check}" if check is not None else f"rejected ({verdict.reason})"
     return f"{verdict.status.value} ({verdict.reason})"
 
 
 def passed(verdict: Verdict) -> bool:
-    return verdict.status is EXPECTED_STATUS and (verdict.report or {}).get("check") == EXPECTED_CHECK
+    return (
+        verdict.status is EXPECTED_STATUS
+        and verdict.report is not None
+        and verdict.report.check == EXPECTED_CHECK
+    )
 
 
 def escapes(trial_dir: Path) -> list[str]:

@@ -1451,8 +1451,6 @@ class ResearchLoop:
 
     def _run_record(self, tp: TrialPaths, run: int, v: Verdict, role: RunRole | None = None) -> RunRecord:
         role = role or RunRole()
-        report = v.report or {}
-        artifact = report.get("artifact_sha256")
         return RunRecord(
             run=run,
             sandbox_trial_id=v.trial_id,
@@ -1468,7 +1466,7 @@ class ResearchLoop:
             limits=v.limits,
             gpu_ids=v.gpu_ids,
             backend=v.backend,
-            artifact_sha256=artifact if isinstance(artifact, str) else None,
+            artifact_sha256=v.report.artifact_sha256 if v.report else None,
             compute_share=v.compute_share,
             compute=v.compute,
             role=role.role,

@@ -75,6 +75,7 @@ from sandbox.constants import Status
 from sandbox.gpu import parse_cpuset
 from sandbox.incontainer.fileio import atomic_write
 from sandbox.limits import MiB
+from sandbox.report import EvalReport, parse_report
 from sandbox.retry import engine_errors, infra_retry
 from sandbox.verdict import (
     EvalOutcome,
@@ -260,7 +261,7 @@ class DockerTrial:
 
     # ------------------------------------------------------------------ the trial
 
-    def execute(self) -> tuple[Status, float | None, str, dict[str, Any] | None]:
+    def execute(self) -> tuple[Status, float | None, str, EvalReport | None]:
         limits = self.spec.limits
         t0 = time.monotonic()
         with self._step("volumes"):
@@ -620,7 +621,7 @@ class DockerTrial:
             ) from exc
         return channel
 
-    def _fetch_report(self, holder: Container) -> tuple[dict[str, Any] | None, str]:
+    def _fetch_report(self, holder: Container) -> tuple[EvalReport | None, str]:
         """The evaluator's report from the report channel, size-capped and parsed; or None and why not."""
         cap = self.spec.limits.report_limit_mb * MiB
         try:
@@ -645,13 +646,7 @@ class DockerTrial:
             return None, f"unreadable report archive: {exc}"
         atomic_write(self.trial_dir / C.REPORT_FILE, raw, durable=False)
         self.logs["report"] = self.trial_dir / C.REPORT_FILE
-        try:
-            report = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-            return None, f"the report is not valid JSON: {exc}"
-        if not isinstance(report, dict):
-            return None, "the report is not a JSON object"
-        return report, ""
+        return parse_report(raw)
 
     # ------------------------------------------------------------------ cleanup
 

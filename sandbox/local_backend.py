@@ -18,7 +18,6 @@ the candidate, on the CPUs of its affinity), so a starved trial is `starved` her
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -30,13 +29,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from sandbox import audit, trialdir
 from sandbox import constants as C
 from sandbox.compute import ComputeMeter, ComputeReport, ProcessTree, allotment
 from sandbox.constants import Status
 from sandbox.limits import MiB
+from sandbox.report import EvalReport, parse_report
 from sandbox.verdict import (
     EvalOutcome,
     SandboxError,
@@ -138,7 +138,7 @@ class LocalSandbox:
         )
         logger.info("TRAIN outcome: %s; output bytes %d", outcome, used)
         trail.train(outcome, limits, signals=train.signals)
-        report: dict[str, Any] | None = None
+        report: EvalReport | None = None
         if train.compute is not None:
             logger.info("TRAIN %s", train.compute.summary())
         early = classify_starved(train.compute, spec.min_compute_share) or classify_train(outcome)
@@ -174,7 +174,7 @@ class LocalSandbox:
         timings: dict[str, float],
         logs: dict[str, Path],
         trail: audit.AuditTrail,
-    ) -> tuple[Status, float | None, str, dict[str, Any] | None]:
+    ) -> tuple[Status, float | None, str, EvalReport | None]:
         """EVAL as a host process: the evaluator's command line as in the container, the full data dir."""
         limits = spec.limits
         report_path = spec.trial_dir.resolve() / C.REPORT_FILE
@@ -369,7 +369,7 @@ def _output_usage(out: Path) -> tuple[int, bool]:
     return used, artifact.is_file() and not artifact.is_symlink()
 
 
-def _read_report(path: Path, cap: int) -> tuple[dict[str, Any] | None, str]:
+def _read_report(path: Path, cap: int) -> tuple[EvalReport | None, str]:
     try:
         with path.open("rb") as f:
             raw = f.read(cap + 1)
@@ -377,10 +377,4 @@ def _read_report(path: Path, cap: int) -> tuple[dict[str, Any] | None, str]:
         return None, "no report was written"
     if len(raw) > cap:
         return None, f"the report is larger than {cap} bytes"
-    try:
-        report = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        return None, f"the report is not valid JSON: {exc}"
-    if not isinstance(report, dict):
-        return None, "the report is not a JSON object"
-    return report, ""
+    return parse_report(raw)
