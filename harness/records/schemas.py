@@ -95,17 +95,28 @@ class CanaryCheck(BaseModel):
     source_sha256: str  # of the canary train.py that ran
 
 
-class TrialRecord(BaseModel):
-    """One ledger row: everything needed to audit one trial without its folder."""
+class TrialFacts(BaseModel):
+    """What a trial's runs decide, before it is judged: the part of its row its manifest.json holds."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    schema_version: int = 1
     trial_id: str
     kind: TrialKind
-    worker: str
     parent_commit: str | None
     candidate_commit: str
+    seeds: list[int] = Field(default_factory=list)
+    runs: list[RunRecord] = Field(default_factory=list)  # empty: never ran (does not parse, no change)
+    images: dict[str, str] = Field(default_factory=dict)
+    limits: dict[str, Any] = Field(default_factory=dict)
+    gpu_ids: list[str] = Field(default_factory=list)
+    agent: AgentRecord | None = None
+
+
+class TrialRecord(TrialFacts):
+    """One ledger row: everything needed to audit one trial without its folder."""
+
+    schema_version: int = 1
+    worker: str
     status: Status  # of the run that decided (the first run that was not ok, else the first run)
     decision: Decision
     reason: str
@@ -114,14 +125,8 @@ class TrialRecord(BaseModel):
     claimed_val_bpb: float | None = None  # what the candidate printed, if anything (audit only)
     memory_gb: float | None = None  # the largest peak of its runs
     code_lines: int
-    seeds: list[int] = Field(default_factory=list)
-    runs: list[RunRecord] = Field(default_factory=list)  # empty: never ran (does not parse, no change)
     judge: dict[str, Any] | None = None  # the Judgement, with the bar and threshold used
-    images: dict[str, str] = Field(default_factory=dict)
-    limits: dict[str, Any] = Field(default_factory=dict)
-    gpu_ids: list[str] = Field(default_factory=list)
     hashes: dict[str, str] = Field(default_factory=dict)  # path in the trial folder -> sha256
-    agent: AgentRecord | None = None
     timings: dict[str, float] = Field(default_factory=dict)
     started_at: str
     finished_at: str
