@@ -21,8 +21,10 @@ canary is rejected again). `canary_interval = 0` runs none, and the banner says 
 A canary trial is a ledger row with `kind = "canary"`, `decision = "canary"` and a `canary` field
 (`CanaryCheck`: passed, expected, got, the escapes it reported, the source's SHA-256). It is never
 judged or best, never counts towards `max_trials`, is not in results.tsv (which lists experiments),
-is hidden from the agent's history, and touches no lineage ref; `candidate_commit` holds
-`sha256:<hex>` of the canary source, which is not a git commit.
+is hidden from the agent's history, and touches no lineage ref. Its source is no git commit:
+`candidate_commit` is None, and the source's SHA-256 is in the plan's `source_sha256` and the row's
+`canary.source_sha256` (rows written before held it in `candidate_commit` as `sha256:<hex>`; they are
+read as written today).
 """
 
 from __future__ import annotations
@@ -105,7 +107,8 @@ def write_plan(
         trial_id=trial_id,
         kind="canary",
         parent_commit=None,
-        candidate_commit=f"sha256:{source_sha256(text)}",
+        candidate_commit=None,
+        source_sha256=source_sha256(text),
         description=f"canary {number}: a known cheat (control); must come back {EXPECTED}",
         seeds=seeds,
         code_lines=code_lines(text),

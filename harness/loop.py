@@ -1408,6 +1408,7 @@ class ResearchLoop:
             written = TrialRecord.model_validate(self.ledger.append(record.to_row()))
             self.results.append(rows_for([written]))  # none for a canary: results.tsv lists experiments
             if plan.kind == "candidate":
+                assert plan.candidate_commit is not None  # TrialPlan: every trial but a canary has one
                 if decision is Decision.KEEP:
                     assert state.best is not None
                     self.lineage.keep(plan.trial_id, plan.candidate_commit, expected_head=state.best.commit)

@@ -75,12 +75,14 @@ def record_lines(record: TrialRecord | None) -> list[str]:
         f"{record.decision.value} ({record.status.value}) val_bpb {_val(record.val_bpb)}"
         f" claimed {_val(record.claimed_val_bpb)}: {record.reason}",
         f"kind {record.kind}; description: {record.description}",
-        f"commit {record.candidate_commit} (parent {record.parent_commit})",
     ]
+    if record.candidate_commit is not None:
+        lines.append(f"commit {record.candidate_commit} (parent {record.parent_commit})")
     if record.canary is not None:
         c = record.canary
         verdict = "PASSED" if c.passed else "FAILED: the isolation or the evaluator is broken"
         lines.append(f"CONTROL TRIAL (run canary) {verdict}: expected {c.expected}, got {c.got}")
+        lines.append(f"  its source (no git commit) has SHA-256 {c.source_sha256}")
         lines += [f"  the canary reported reaching {e}" for e in c.escapes]
     return lines
 

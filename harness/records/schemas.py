@@ -9,9 +9,9 @@ Rows are read with `extra="ignore"`, so an older or newer field never stops a re
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from harness.agents.base import Usage
 from harness.judge import JudgedRow, JudgeSettings
@@ -95,6 +95,32 @@ class CanaryCheck(BaseModel):
     source_sha256: str  # of the canary train.py that ran
 
 
+# Rows and plans written before the canary's source hash had a field of its own held it in
+# `candidate_commit` as `sha256:<hex>`; they are read as if written today (the chain hashes the bytes
+# on disk, so reading them differently changes nothing that `verify` checks).
+_LEGACY_CANARY_COMMIT = "sha256:"
+
+
+def _legacy_canary(data: Any, source_field: str | None) -> Any:
+    if not (isinstance(data, Mapping) and data.get("kind") == "canary"):
+        return data
+    commit = data.get("candidate_commit")
+    if not (isinstance(commit, str) and commit.startswith(_LEGACY_CANARY_COMMIT)):
+        return data
+    moved = {**data, "candidate_commit": None}
+    if source_field is not None and moved.get(source_field) is None:
+        moved[source_field] = commit.removeprefix(_LEGACY_CANARY_COMMIT)
+    return moved
+
+
+def _check_commit(kind: str, commit: str | None) -> None:
+    if (commit is None) != (kind == "canary"):
+        raise ValueError(
+            "candidate_commit names the git commit of every trial but a canary (whose source is no commit; "
+            f"its SHA-256 has a field of its own), got {commit!r} for a {kind} trial"
+        )
+
+
 class TrialFacts(BaseModel):
     """What a trial's runs decide, before it is judged: the part of its row its manifest.json holds."""
 
@@ -103,13 +129,23 @@ class TrialFacts(BaseModel):
     trial_id: str
     kind: TrialKind
     parent_commit: str | None
-    candidate_commit: str
+    candidate_commit: str | None  # None on a canary row: see `canary.source_sha256`
     seeds: list[int] = Field(default_factory=list)
     runs: list[RunRecord] = Field(default_factory=list)  # empty: never ran (does not parse, no change)
     images: dict[str, str] = Field(default_factory=dict)
     limits: dict[str, Any] = Field(default_factory=dict)
     gpu_ids: list[str] = Field(default_factory=list)
     agent: AgentRecord | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_legacy_canary(cls, data: Any) -> Any:
+        return _legacy_canary(data, None)  # the row's `canary.source_sha256` already holds the hash
+
+    @model_validator(mode="after")
+    def _commit_unless_canary(self) -> Self:
+        _check_commit(self.kind, self.candidate_commit)
+        return self
 
 
 class TrialRecord(TrialFacts):
@@ -162,7 +198,7 @@ class TrialRecord(TrialFacts):
 
     def result_row(self) -> ResultRow:
         return ResultRow(
-            commit=self.candidate_commit,
+            commit=self.candidate_commit or "",  # rows_for never asks a canary (no commit)
             val_bpb=self.val_bpb,
             memory_gb=self.memory_gb,
             status=self.decision.value,
@@ -170,15 +206,16 @@ class TrialRecord(TrialFacts):
         )
 
     def judged(self) -> JudgedRow:
+        commit = self.candidate_commit or ""  # a canary has none, and `replay` skips its row
         return JudgedRow(
             trial_id=self.trial_id,
             kind=self.kind,
             decision=self.decision,
             val_bpb=self.val_bpb,
-            candidate_commit=self.candidate_commit,
+            candidate_commit=commit,
             code_lines=self.code_lines,
             measurements=tuple(
-                (run.commit or self.candidate_commit, run.val_bpb)
+                (run.commit or commit, run.val_bpb)
                 for run in self.runs
                 if run.status is Status.OK and run.val_bpb is not None
             ),
@@ -283,7 +320,8 @@ class TrialPlan(BaseModel):
     trial_id: str
     kind: TrialKind
     parent_commit: str | None
-    candidate_commit: str
+    candidate_commit: str | None  # None on a canary plan: see `source_sha256`
+    source_sha256: str | None = None  # a canary's train.py (set on canary plans only)
     description: str
     seeds: tuple[int, int]  # the first run's, the confirmation's
     code_lines: int
@@ -292,3 +330,13 @@ class TrialPlan(BaseModel):
     notes_sha256: str | None = None  # the notes its proposal wrote (notes/<trial_id>.md), if it did
     created_at: str
     worker: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_legacy_canary(cls, data: Any) -> Any:
+        return _legacy_canary(data, "source_sha256")
+
+    @model_validator(mode="after")
+    def _commit_unless_canary(self) -> Self:
+        _check_commit(self.kind, self.candidate_commit)
+        return self
