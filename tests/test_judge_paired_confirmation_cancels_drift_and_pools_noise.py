@@ -27,10 +27,9 @@ from harness.judge import (
     JudgeState,
     judge,
     judge_paired,
-    pooled_noise,
     replay,
-    t_quantile,
 )
+from harness.judge_stats import pooled_noise, t_quantile
 from harness.loop import ResearchLoop
 from harness.records.chain import Ledger
 from sandbox.constants import Decision
