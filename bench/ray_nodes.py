@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from harness.ledger import TrialRecord
+from harness.records.schemas import TrialRecord
 from sandbox import constants as C
 
 

@@ -64,7 +64,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from harness.judge import JudgeSettings, JudgeState  # noqa: E402
-from harness.ledger import Ledger, TrialRecord, verify  # noqa: E402
+from harness.records.chain import Ledger, verify  # noqa: E402
+from harness.records.schemas import TrialRecord  # noqa: E402
 from sandbox import constants as C  # noqa: E402
 
 GOAL_RATIO = 1.8
@@ -165,7 +166,7 @@ def _measure_ray(
 ) -> list[dict[str, Any]]:
     """The counts as Ray worker nodes: one cluster, a RaySandbox on the first k nodes per configuration."""
     from bench import ray_nodes
-    from harness.ledger import Ledger
+    from harness.records.chain import Ledger
 
     out: list[dict[str, Any]] = []
     with ray_nodes.local_cluster(max(counts), cpus, args.cpus_per_worker) as (cluster, by_node):
@@ -274,7 +275,7 @@ def _cpusets_ok(run_dir: Path, records: Sequence[TrialRecord]) -> bool:
 def _metrics(
     n: int, run_dir: Path, started: float, ended: float, load_before: float, load_after: float, stopped: str
 ) -> dict[str, Any]:
-    from harness.results import ResultsFile, format_row, rows_for
+    from harness.records.results import ResultsFile, format_row, rows_for
 
     records = Ledger(run_dir / "ledger.jsonl").records()
     check = verify(run_dir / "ledger.jsonl")

@@ -21,8 +21,10 @@ canary is rejected again). `canary_interval = 0` runs none, and the banner says 
 A canary trial is a ledger row with `kind = "canary"`, `decision = "canary"` and a `canary` field
 (`CanaryCheck`: passed, expected, got, the escapes it reported, the source's SHA-256). It is never
 judged or best, never counts towards `max_trials`, is not in results.tsv (which lists experiments),
-is hidden from the agent's history, and touches no lineage ref; `candidate_commit` holds
-`sha256:<hex>` of the canary source, which is not a git commit.
+is hidden from the agent's history, and touches no lineage ref. Its source is no git commit:
+`candidate_commit` is None, and the source's SHA-256 is in the plan's `source_sha256` and the row's
+`canary.source_sha256` (rows written before held it in `candidate_commit` as `sha256:<hex>`; they are
+read as written today).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from typing import Any
 
 from harness.config import TrialPaths
 from harness.judge import code_lines
-from harness.ledger import CanaryCheck, TrialPlan, TrialRecord
+from harness.records.schemas import CanaryCheck, TrialPlan, TrialRecord
 from sandbox import constants as C
 from sandbox.constants import Decision, Status
 from sandbox.incontainer.fileio import atomic_write
@@ -105,7 +107,8 @@ def write_plan(
         trial_id=trial_id,
         kind="canary",
         parent_commit=None,
-        candidate_commit=f"sha256:{source_sha256(text)}",
+        candidate_commit=None,
+        source_sha256=source_sha256(text),
         description=f"canary {number}: a known cheat (control); must come back {EXPECTED}",
         seeds=seeds,
         code_lines=code_lines(text),
@@ -123,16 +126,20 @@ def number_of_next(records: Sequence[TrialRecord]) -> int:
 
 def got(verdict: Verdict) -> str:
     """What came back, in the same words as EXPECTED."""
-    check = (verdict.report or {}).get("check")
+    check = verdict.report.check if verdict.report else None
     if verdict.status is Status.OK:
         return f"ok (val_bpb {verdict.val_bpb:.6f})" if verdict.val_bpb is not None else "ok"
     if verdict.status is Status.REJECTED:
-        return f"rejected by {check}" if isinstance(check, str) else f"rejected ({verdict.reason})"
+        return f"rejected by {check}" if check is not None else f"rejected ({verdict.reason})"
     return f"{verdict.status.value} ({verdict.reason})"
 
 
 def passed(verdict: Verdict) -> bool:
-    return verdict.status is EXPECTED_STATUS and (verdict.report or {}).get("check") == EXPECTED_CHECK
+    return (
+        verdict.status is EXPECTED_STATUS
+        and verdict.report is not None
+        and verdict.report.check == EXPECTED_CHECK
+    )
 
 
 def escapes(trial_dir: Path) -> list[str]:

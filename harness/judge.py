@@ -1,52 +1,15 @@
 """The judge: the harness, not the agent, decides whether a candidate is kept.
 
 Pure functions over numbers plus one small frozen state model, so every rule is unit-testable and a
-resumed run can rebuild the state from the ledger alone (`replay`).
-
-The rules, deliberately conservative because nobody watches the run:
-
-- **Noise, pooled.** The run-to-run noise of one train.py is estimated from every repeated
-  measurement the run has: the baseline runs (the starting train.py, different seeds), and each
-  paired confirmation's runs of the candidate and of the best. Runs are grouped by the commit that
-  ran, and the pooled standard deviation is `s = sqrt(sum_g sum_i (x_gi - mean_g)^2 / df)` with
-  `df = sum_g (n_g - 1)`. It starts with `baseline_repeats - 1` degrees of freedom and gains more with
-  every confirmation, so the threshold stops resting on three baseline runs.
-- **The bar.** It starts at the mean of the baseline runs (comparing against the luckiest run would
-  make the baseline itself unbeatable half the time). After a keep it becomes
-  `min(bar, score of the kept candidate)`: the bar never rises, so a chain of "equal but shorter"
-  keeps cannot drift the score upwards a threshold at a time.
-- **Screening.** A candidate's first run is a would-be improvement when it beats the bar by more than
-  `max(noise_k * s, min_delta)`; a would-be simplification when it is within that of the bar and
-  has fewer code lines (non-blank, non-comment) than the best. Anything else is discarded on one run.
-- **Paired confirmation (drift-proof).** A would-be keep is run again, `confirm_pairs` times, each
-  time the candidate AND the current best back to back with the same seed (in alternating order:
-  candidate first, then best first, ...), so that a host that got faster or slower between the
-  baseline and now moves both runs of a pair alike and cancels out of their difference
-  `d_j = candidate_j - best_j`. It is kept as an improvement when
-
-      mean(d) < -max(t_{1-a, df} * s * sqrt(2 / m), min_delta)
-
-  (m pairs, `a` = `false_keep_rate`, `t` Student's t quantile with the pooled df; a difference of
-  two runs has variance 2 s^2), and as a simplification when it is shorter and
-  `mean(d) <= max(t_{1-a, df} * s * sqrt(2 / m), min_delta)` (not detectably worse).
-- **False-keep rate.** For a candidate no better than the best (a no-op edit), with run noise
-  Gaussian of one standard deviation for both, `T = mean(d) / (s * sqrt(2/m))` follows Student's t
-  with df degrees of freedom (s comes from earlier, independent measurements), so
-
-      P(kept as an improvement) = P(screened in and T < -t_{1-a, df}) <= P(T < -t_{1-a, df}) = a
-
-  whatever the host did between the baseline and the confirmation (the drift cancels in d). The
-  screen makes it smaller still (about `a * Phi(-noise_k)`). With df = 0 (a single baseline run
-  and no confirmation yet) there is no estimate and `min_delta` alone applies: no rate is stated.
-- **A best that moved on** (several workers): pairs that ran against an older best are carried to
-  the current one through the keeps in between, each by its own paired difference to its
-  predecessor (`judge_paired(via=...)`); the variances add up, so the threshold widens.
-- **Without `confirm_keeps`** one run decides: the screening rule is the keep rule.
+resumed run can rebuild the state from the ledger alone (`replay`). The rules are deliberately
+conservative because nobody watches the run: noise pooled from every repeated run, a bar that never
+rises, screening on one run, paired confirmation against the best (drift cancels in each pair's
+difference) with a stated false-keep rate, ties favour the shorter file. docs/ARCHITECTURE.md ("The
+judge's rules") states them with their formulas; the statistics are in harness/judge_stats.py.
 """
 
 from __future__ import annotations
 
-import functools
 import io
 import logging
 import math
@@ -57,6 +20,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from harness.judge_stats import NoiseFloor, pooled_noise, t_quantile
 from sandbox.constants import Decision
 
 logger = logging.getLogger(__name__)
@@ -97,120 +61,6 @@ class JudgeSettings(BaseModel):
     def runs_for_keep(self) -> int:
         """Runs of the candidate a keep takes: the first, plus one per confirmation pair."""
         return 1 + self.confirm_pairs if self.confirm_keeps else 1
-
-
-class NoiseFloor(BaseModel):
-    """Run-to-run noise: the baseline's mean, and the pooled standard deviation of every repeated run."""
-
-    model_config = ConfigDict(frozen=True)
-
-    n: int  # baseline runs
-    mean: float  # their mean
-    std: float  # pooled standard deviation of one run (see the module docstring)
-    threshold: float  # the screening threshold, max(noise_k * std, min_delta)
-    df: int = 0  # degrees of freedom of `std`
-    runs: int = 0  # measurements pooled (0: the baseline runs only)
-
-
-def noise_floor(values: Sequence[float], *, noise_k: float, min_delta: float) -> NoiseFloor:
-    """The noise floor from repeated runs of one train.py with different seeds."""
-    if not values:
-        raise ValueError("the noise floor needs at least one baseline run")
-    return pooled_noise([values], baseline=values, noise_k=noise_k, min_delta=min_delta)
-
-
-def pooled_noise(
-    groups: Iterable[Sequence[float]], *, baseline: Sequence[float], noise_k: float, min_delta: float
-) -> NoiseFloor:
-    """The pooled noise of groups of repeated runs (each group: one train.py), with the baseline's mean."""
-    if not baseline:
-        raise ValueError("the noise floor needs at least one baseline run")
-    squares, df, runs = 0.0, 0, 0
-    for values in groups:
-        if len(values) >= 2:
-            mean = statistics.fmean(values)
-            squares += sum((v - mean) ** 2 for v in values)
-            df += len(values) - 1
-        runs += len(values)
-    std = math.sqrt(squares / df) if df else 0.0
-    return NoiseFloor(
-        n=len(baseline),
-        mean=statistics.fmean(baseline),
-        std=std,
-        threshold=max(noise_k * std, min_delta),
-        df=df,
-        runs=runs,
-    )
-
-
-# --------------------------------------------------------------------------- Student's t
-
-
-def _betacf(a: float, b: float, x: float) -> float:
-    """The continued fraction of the regularized incomplete beta function (Lentz's method)."""
-    tiny, qab, qap, qam = 1e-300, a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 300):
-        m2 = 2 * m
-        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        h *= d * c
-        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        delta = d * c
-        h *= delta
-        if abs(delta - 1.0) < 1e-14:
-            break
-    return h
-
-
-def _betainc(a: float, b: float, x: float) -> float:
-    """The regularized incomplete beta function I_x(a, b)."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    front = math.exp(
-        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    )
-    if x < (a + 1.0) / (a + b + 2.0):
-        return front * _betacf(a, b, x) / a
-    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
-
-
-def t_cdf(t: float, df: int) -> float:
-    """P(T <= t) for Student's t with `df` degrees of freedom."""
-    tail = 0.5 * _betainc(df / 2.0, 0.5, df / (df + t * t))
-    return 1.0 - tail if t > 0 else tail
-
-
-@functools.lru_cache(maxsize=1024)
-def t_quantile(p: float, df: int) -> float:
-    """The `p` quantile of Student's t with `df` >= 1 degrees of freedom (bisection on `t_cdf`)."""
-    if not 0.0 < p < 1.0 or df < 1:
-        raise ValueError(f"t_quantile needs 0 < p < 1 and df >= 1 (got p={p}, df={df})")
-    if p < 0.5:
-        return -t_quantile(1.0 - p, df)
-    lo, hi = 0.0, 1.0
-    while t_cdf(hi, df) < p:
-        hi *= 2.0
-    for _ in range(200):
-        mid = (lo + hi) / 2.0
-        if t_cdf(mid, df) < p:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo < 1e-12 * max(1.0, hi):
-            break
-    return (lo + hi) / 2.0
 
 
 _NON_CODE = frozenset(

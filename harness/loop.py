@@ -98,22 +98,23 @@ from harness.agents.base import (
 )
 from harness.config import RunConfig, RunPaths, TrialPaths
 from harness.judge import Action, Judgement, JudgeState, code_lines, judge, judge_paired, replay
-from harness.ledger import (
+from harness.progress import LogProgress, Progress
+from harness.records.chain import Ledger
+from harness.records.lineage import Lineage
+from harness.records.manifest import hash_tree, manifest_for, manifest_text
+from harness.records.results import ResultsFile, rows_for, sanitize_description
+from harness.records.schemas import (
     AgentRecord,
-    Ledger,
     ProgramRecord,
     RunMeta,
     RunRecord,
     SpendRecord,
     StarvedAttempt,
+    TrialFacts,
     TrialPlan,
     TrialRecord,
-    hash_tree,
     run_cost,
 )
-from harness.lineage import Lineage
-from harness.progress import LogProgress, Progress
-from harness.results import ResultsFile, rows_for, sanitize_description
 from sandbox import constants as C
 from sandbox.constants import Decision, Status
 from sandbox.engine.backend import Sandbox
@@ -1365,31 +1366,28 @@ class ResearchLoop:
         runs = [self._run_record(tp, i, v, r) for i, (v, r) in enumerate(zip(verdicts, roles, strict=True))]
         memory = [v.peak_memory_gb for v in verdicts if v.peak_memory_gb is not None]
         first = verdicts[0] if verdicts else None
-        manifest: dict[str, Any] = {
-            "trial_id": plan.trial_id,
-            "kind": plan.kind,
-            "parent_commit": plan.parent_commit,
-            "candidate_commit": plan.candidate_commit,
-            "seeds": [r.seed for r in runs],
-            "images": first.images if first else {},
-            "limits": self.seat.limits.model_dump(mode="json"),
-            "gpu_ids": list(self.seat.gpu_ids),
-            "agent": plan.agent.model_dump(mode="json") if plan.agent else None,
-            "runs": [r.model_dump(mode="json") for r in runs],
-            "hashes": hash_tree(tp.dir, skip=frozenset({tp.manifest.name})),
-        }
-        write_atomic(tp.manifest, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        facts = TrialFacts(
+            trial_id=plan.trial_id,
+            kind=plan.kind,
+            parent_commit=plan.parent_commit,
+            candidate_commit=plan.candidate_commit,
+            seeds=[r.seed for r in runs],
+            runs=runs,
+            images=first.images if first else {},
+            limits=self.seat.limits.model_dump(mode="json"),
+            gpu_ids=list(self.seat.gpu_ids),
+            agent=plan.agent,
+        )
+        manifest = manifest_for(facts, hash_tree(tp.dir, skip=frozenset({tp.manifest.name})))
+        write_atomic(tp.manifest, manifest_text(manifest))
         hashes = {**manifest["hashes"], tp.manifest.name: sha256_file(tp.manifest)}
         with _signals_held(), self.ledger.locked():
             records = self.ledger.records()
             state = replay((r.judged() for r in records), self.config.judge)
             status, decision, reason, val, judgement = self._decide(plan, verdicts, state, roles, records)
             record = TrialRecord(
-                trial_id=plan.trial_id,
-                kind=plan.kind,
+                **dict(facts),
                 worker=self.worker,
-                parent_commit=plan.parent_commit,
-                candidate_commit=plan.candidate_commit,
                 status=status,
                 decision=decision,
                 reason=reason,
@@ -1398,14 +1396,8 @@ class ResearchLoop:
                 claimed_val_bpb=first.claimed_val_bpb if first else None,
                 memory_gb=max(memory) if memory else None,
                 code_lines=plan.code_lines,
-                seeds=[r.seed for r in runs],
-                runs=runs,
                 judge=judgement,
-                images=first.images if first else {},
-                limits=self.seat.limits.model_dump(mode="json"),
-                gpu_ids=list(self.seat.gpu_ids),
                 hashes=hashes,
-                agent=plan.agent,
                 timings=self._timings(plan, verdicts),
                 started_at=started_at,
                 finished_at=now_iso(),
@@ -1416,6 +1408,7 @@ class ResearchLoop:
             written = TrialRecord.model_validate(self.ledger.append(record.to_row()))
             self.results.append(rows_for([written]))  # none for a canary: results.tsv lists experiments
             if plan.kind == "candidate":
+                assert plan.candidate_commit is not None  # TrialPlan: every trial but a canary has one
                 if decision is Decision.KEEP:
                     assert state.best is not None
                     self.lineage.keep(plan.trial_id, plan.candidate_commit, expected_head=state.best.commit)
@@ -1451,8 +1444,6 @@ class ResearchLoop:
 
     def _run_record(self, tp: TrialPaths, run: int, v: Verdict, role: RunRole | None = None) -> RunRecord:
         role = role or RunRole()
-        report = v.report or {}
-        artifact = report.get("artifact_sha256")
         return RunRecord(
             run=run,
             sandbox_trial_id=v.trial_id,
@@ -1468,7 +1459,7 @@ class ResearchLoop:
             limits=v.limits,
             gpu_ids=v.gpu_ids,
             backend=v.backend,
-            artifact_sha256=artifact if isinstance(artifact, str) else None,
+            artifact_sha256=v.report.artifact_sha256 if v.report else None,
             compute_share=v.compute_share,
             compute=v.compute,
             role=role.role,

@@ -157,11 +157,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         resolve_canary_interval,
         resolve_profile,
     )
-    from harness.ledger import LedgerError
-    from harness.lineage import LineageError, check_run_tag
     from harness.loop import CapReached, HostStarved, IsolationBroken, LoopError, ResearchLoop, read_program
     from harness.progress import make_progress
-    from harness.results import ResultsError
+    from harness.records.chain import LedgerError
+    from harness.records.lineage import LineageError, check_run_tag
+    from harness.records.results import ResultsError
     from sandbox.verdict import EngineUnavailable, ImageMissing, SandboxError, exit_code_for
 
     overrides: dict[str, Any] = {
@@ -457,7 +457,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_verify_ledger(args: argparse.Namespace) -> int:
-    from harness.ledger import LEDGER_FILE, verify
+    from harness.records.chain import LEDGER_FILE, verify
 
     path: Path = args.dir
     target = path / LEDGER_FILE if path.is_dir() else path

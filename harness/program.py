@@ -14,12 +14,12 @@ between the markers of the human's current program.md, so the rules are the huma
 (and `rules_of` checks it again before anything is written). The sandbox enforces the rules anyway; the
 guidance cannot weaken isolation.
 
-Each step is a ledger row of kind `program` (harness/ledger.py `ProgramRecord`), written after the new
-program.md and its diff are stored under `programs/` and committed to the lineage (a chain of its own
-under `refs/autoresearch/program`, harness/lineage.py). A failed meta-proposal is a `program` row too
-(outcome `failed`), so it is not retried before the next N candidates. The next proposals use the
-evolved guidance inside the human's current rules; turning the option off pins program.md as the human
-wrote it, at any time.
+Each step is a ledger row of kind `program` (harness/records/schemas.py `ProgramRecord`), written
+after the new program.md and its diff are stored under `programs/` and committed to the lineage (a
+chain of its own under `refs/autoresearch/program`, harness/records/lineage.py). A failed
+meta-proposal is a `program` row too (outcome `failed`), so it is not retried before the next N
+candidates. The next proposals use the evolved guidance inside the human's current rules; turning the
+option off pins program.md as the human wrote it, at any time.
 """
 
 from __future__ import annotations

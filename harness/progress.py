@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import IO, Any, Protocol
 
 from harness.judge import JudgeState
-from harness.ledger import TrialRecord
+from harness.records.schemas import TrialRecord
 from sandbox.constants import Decision
 
 logger = logging.getLogger(__name__)

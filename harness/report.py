@@ -4,14 +4,7 @@ Everything here reads a run folder and writes nothing but `progress.png` and `re
 numbers come from the ledger (verified first: the report says so when it does not verify), the
 diffs and logs from the trial folders.
 
-progress.png follows the reference's analysis: val_bpb per trial in order, keeps highlighted,
-discards faint, the running best as a step line, plus the baseline's noise band. Trials without
-a score are marked as ticks along the bottom edge, and scores far above the baseline are clipped
-to the top edge (as triangles) so that one terrible candidate cannot flatten the plot. The runs of a
-paired confirmation are small markers at their trial: the candidate's dots, the best's re-runs rings,
-so a host that drifted shows as both moving together. Run canaries
-(controls, harness/canary.py) are vertical lines, not points, and the headline says if one failed.
-One trial's logs are harness/trial_logs.py's.
+progress.png is drawn by harness/report_plot.py; one trial's logs are harness/trial_logs.py's.
 
 report.md also shows what the agent cost (every ledger row's usage: trials, program-evolution steps and
 proposals that produced no trial), how its research notes evolved (each version in notes/, as a diff
@@ -35,15 +28,8 @@ from harness.agents.base import Usage
 from harness.agents.config import DEFAULT_PRICES_AS_OF
 from harness.config import RunPaths
 from harness.judge import JudgeSettings, JudgeState, replay
-from harness.ledger import (
-    NON_TRIAL_KINDS,
-    Ledger,
-    ProgramRecord,
-    TrialRecord,
-    VerifyResult,
-    run_cost,
-    verify,
-)
+from harness.records.chain import Ledger, VerifyResult, verify
+from harness.records.schemas import NON_TRIAL_KINDS, ProgramRecord, TrialRecord, run_cost
 from sandbox.constants import Decision
 
 logger = logging.getLogger(__name__)
@@ -107,7 +93,7 @@ def _val(value: float | None) -> str:
     return f"{value:.6f}" if value is not None else "-"
 
 
-def _short(text: str, width: int = DESCRIPTION_WIDTH) -> str:
+def shorten(text: str, width: int = DESCRIPTION_WIDTH) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
@@ -240,137 +226,11 @@ def status_text(run_dir: Path) -> str:
     lines = [*headline(view), _owner(view.paths), "", f"last {min(RECENT, len(view.records))} trials:"]
     for r in view.records[-RECENT:]:
         lines.append(
-            f"  {r.trial_id}  {r.decision.value:8} {r.status.value:12} {_val(r.val_bpb):>9}  {_short(r.description)}"
+            f"  {r.trial_id}  {r.decision.value:8} {r.status.value:12} {_val(r.val_bpb):>9}  {shorten(r.description)}"
         )
         if r.decision is not Decision.BASELINE:
-            lines.append(f"          {_short(r.reason, 100)}")
+            lines.append(f"          {shorten(r.reason, 100)}")
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------- progress.png
-
-
-def plot_progress(view: RunView, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    records, state = view.records, view.state
-    # Canary rows are controls, not experiments: never plotted as scores, marked as vertical lines.
-    scored = [(i, r) for i, r in enumerate(records) if r.val_bpb is not None and r.kind != "canary"]
-    fig, ax = plt.subplots(figsize=(14, 6.5), dpi=110)
-    try:
-        values = [r.val_bpb for _, r in scored if r.val_bpb is not None]
-        if values:
-            lo = min(values)
-            ref = state.noise.mean if state.noise is not None else max(values)
-            span = max(ref - lo, 1e-3)
-            top = ref + 0.6 * span + (state.noise.threshold if state.noise else 0.0)
-            bottom = lo - 0.15 * span
-            ax.set_ylim(bottom, top)
-            ceiling = top - 0.02 * (top - bottom)  # where scores above the plot are drawn
-            groups: dict[Decision, dict[str, Any]] = {
-                Decision.DISCARD: dict(color="#9e9e9e", alpha=0.45, s=18, zorder=2, label="discard"),
-                Decision.BASELINE: dict(color="#1f77b4", alpha=0.9, s=30, zorder=3, label="baseline"),
-                Decision.KEEP: dict(
-                    color="#2ca02c",
-                    alpha=1.0,
-                    s=60,
-                    zorder=4,
-                    edgecolors="black",
-                    linewidths=0.6,
-                    label="keep",
-                ),
-            }
-            for decision, style in groups.items():
-                pts = [(i, r.val_bpb) for i, r in scored if r.decision is decision and r.val_bpb is not None]
-                inside = [(i, v) for i, v in pts if v < top]
-                above = [(i, ceiling) for i, v in pts if v >= top]
-                if inside:
-                    ax.scatter([i for i, _ in inside], [v for _, v in inside], **style)
-                if above:
-                    ax.scatter(
-                        [i for i, _ in above],
-                        [v for _, v in above],
-                        marker="^",
-                        color=style["color"],
-                        alpha=style["alpha"],
-                        s=20,
-                        zorder=2,
-                    )
-            paired = [
-                (i, run.role, run.val_bpb) for i, r in scored for run in r.runs if run.pair and run.val_bpb
-            ]
-            paired_styles: dict[str, dict[str, Any]] = {
-                "candidate": dict(marker=".", color="#555555", s=14, label="confirmation run (paired)"),
-                "best": dict(
-                    marker="o", facecolors="none", edgecolors="#1f77b4", s=22, label="best re-run (paired)"
-                ),
-            }
-            for role, style in paired_styles.items():
-                pts = [(i, v) for i, who, v in paired if who == role and v < top]
-                if pts:
-                    ax.scatter([i for i, _ in pts], [v for _, v in pts], zorder=2, alpha=0.8, **style)
-            crashes = [i for i, r in enumerate(records) if r.val_bpb is None and r.kind != "canary"]
-            if crashes:
-                ax.scatter(
-                    crashes,
-                    [bottom + 0.02 * (top - bottom)] * len(crashes),
-                    marker="|",
-                    color="#d62728",
-                    s=60,
-                    label="no score (crash, timeout, ...)",
-                    zorder=2,
-                )
-            steps = [(i, s.best.val_bpb) for i, s in enumerate(view.states) if s.best is not None]
-            if steps:
-                xs = [i for i, _ in steps] + [len(records) - 1]
-                ys = [v for _, v in steps] + [steps[-1][1]]
-                ax.step(xs, ys, where="post", color="#2ca02c", linewidth=1.6, label="running best", zorder=3)
-            if state.noise is not None:
-                ax.axhspan(
-                    state.noise.mean - state.noise.threshold,
-                    state.noise.mean + state.noise.threshold,
-                    color="#1f77b4",
-                    alpha=0.08,
-                    label="baseline ± noise threshold",
-                )
-            for i, r in scored:
-                if r.decision is Decision.KEEP and r.val_bpb is not None:
-                    ax.annotate(
-                        _short(r.description, 45),
-                        (i, r.val_bpb),
-                        textcoords="offset points",
-                        xytext=(4, -10),
-                        fontsize=7,
-                        rotation=-30,
-                        color="#1b5e20",
-                    )
-        for i, r in enumerate(records):
-            if r.kind == "canary":
-                ok = r.canary is not None and r.canary.passed
-                ax.axvline(
-                    i,
-                    color="#2ca02c" if ok else "#d62728",
-                    alpha=0.25 if ok else 0.9,
-                    linestyle=":" if ok else "-",
-                    linewidth=1.0 if ok else 2.0,
-                    label=None if ok else "canary FAILED",
-                )
-        kept = sum(1 for r in records if r.decision is Decision.KEEP)
-        ax.set_title(f"Autoresearch progress: {len(records)} trials, {kept} kept improvements")
-        ax.set_xlabel("trial")
-        ax.set_ylabel("val_bpb (lower is better)")
-        ax.grid(alpha=0.25)
-        if records:
-            ax.legend(loc="upper right", fontsize=8)
-        fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path)
-    finally:
-        plt.close(fig)
-    return path
 
 
 # --------------------------------------------------------------------------- report.md
@@ -422,7 +282,7 @@ def render_markdown(view: RunView, *, image: str | None = "progress.png") -> str
     for r in records:
         out.append(
             f"| {r.trial_id} | {r.decision.value} | {r.status.value} | {_val(r.val_bpb)} | "
-            f"{_md(_short(r.description))} | {_md(_short(r.reason, 120))} |"
+            f"{_md(shorten(r.description))} | {_md(shorten(r.reason, 120))} |"
         )
     confirmed = [r for r in records if paired_runs(r)]
     if confirmed:
@@ -448,7 +308,7 @@ def render_markdown(view: RunView, *, image: str | None = "progress.png") -> str
                     f"(needs < -{r.judge['paired_threshold']:.6f}) |"
                 )
     failures = Counter(
-        f"{r.status.value}: {_short(r.reason, 100)}" for r in records if r.decision is Decision.CRASH
+        f"{r.status.value}: {shorten(r.reason, 100)}" for r in records if r.decision is Decision.CRASH
     )
     if failures:
         out += ["", "## Most frequent failures", ""]
@@ -540,6 +400,8 @@ def _md(text: str) -> str:
 
 def write_report(run_dir: Path) -> tuple[Path, Path]:
     """Write progress.png and report.md into the run folder; returns their paths."""
+    from harness.report_plot import plot_progress  # matplotlib's module, loaded only to draw
+
     view = load_run(run_dir)
     png = plot_progress(view, view.paths.progress_png)
     md = view.paths.report_md

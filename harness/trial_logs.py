@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import RunPaths, TrialPaths
-from harness.ledger import Ledger, TrialRecord
+from harness.records.chain import Ledger
+from harness.records.schemas import TrialRecord
 from sandbox import constants as C
 from sandbox.engine import audit
+from sandbox.report import parse_report
 
 logger = logging.getLogger(__name__)
 
@@ -73,12 +75,14 @@ def record_lines(record: TrialRecord | None) -> list[str]:
         f"{record.decision.value} ({record.status.value}) val_bpb {_val(record.val_bpb)}"
         f" claimed {_val(record.claimed_val_bpb)}: {record.reason}",
         f"kind {record.kind}; description: {record.description}",
-        f"commit {record.candidate_commit} (parent {record.parent_commit})",
     ]
+    if record.candidate_commit is not None:
+        lines.append(f"commit {record.candidate_commit} (parent {record.parent_commit})")
     if record.canary is not None:
         c = record.canary
         verdict = "PASSED" if c.passed else "FAILED: the isolation or the evaluator is broken"
         lines.append(f"CONTROL TRIAL (run canary) {verdict}: expected {c.expected}, got {c.got}")
+        lines.append(f"  its source (no git commit) has SHA-256 {c.source_sha256}")
         lines += [f"  the canary reported reaching {e}" for e in c.escapes]
     return lines
 
@@ -136,40 +140,41 @@ def event_lines(events: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def report_lines(report: Any) -> list[str]:
-    if not isinstance(report, dict):
-        return ["(unreadable)"]
+def report_lines(path: Path) -> list[str]:
+    """The evaluator's report, validated as the controller read it; a malformed one is shown raw."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        return [f"(unreadable: {exc})"]
+    report, why = parse_report(raw)
+    if report is None:
+        return [f"(malformed: {why})", raw.decode("utf-8", errors="replace")]
     lines = [
-        f"status {report.get('status')}, check {report.get('check')}: {report.get('reason')}",
-        f"val_bpb {_val(report.get('val_bpb'))} over {report.get('tokens_scored')} tokens / "
-        f"{report.get('bytes_scored')} bytes (unigram baseline {_val(report.get('unigram_bpb'))}); "
-        f"profile {report.get('profile')}, device {report.get('device')}, torch {report.get('torch_version')}",
+        f"status {report.status}, check {report.check}: {report.reason}",
+        f"val_bpb {_val(report.val_bpb)} over {report.tokens_scored} tokens / "
+        f"{report.bytes_scored} bytes (unigram baseline {_val(report.unigram_bpb)}); "
+        f"profile {report.profile}, device {report.device}, torch {report.torch_version}",
     ]
-    probes = report.get("probes") or {}
-    deviations = report.get("probe_deviation_nats") or {}
-    if isinstance(probes, dict) and probes:
+    if report.probes:
         lines.append("probes:")
-        for name, result in probes.items():
-            if isinstance(result, dict):
-                verdict = "passed" if result.get("passed") else "FAILED"
-                lines.append(f"  {name:17} {verdict:7} {result.get('detail')}")
-        if isinstance(deviations, dict) and deviations:
+        for name, result in report.probes.items():
+            verdict = "passed" if result.passed else "FAILED"
+            lines.append(f"  {name:17} {verdict:7} {result.detail}")
+        if report.probe_deviation_nats:
             lines.append(
-                "  max deviation (nats): " + ", ".join(f"{k} {v}" for k, v in sorted(deviations.items()))
+                "  max deviation (nats): "
+                + ", ".join(f"{k} {v}" for k, v in sorted(report.probe_deviation_nats.items()))
             )
     else:
         lines.append("probes: not run (the artifact was rejected before them)")
-    ops = report.get("ops") or {}
     lines.append(
-        f"artifact {report.get('artifact_sha256')} ({report.get('artifact_bytes')} bytes), "
-        f"{report.get('param_count')} parameters, dtypes {report.get('float_dtypes')}"
+        f"artifact {report.artifact_sha256} ({report.artifact_bytes} bytes), "
+        f"{report.param_count} parameters, dtypes {report.float_dtypes}"
     )
-    if isinstance(ops, dict) and ops:
-        lines.append("operators: " + ", ".join(f"{k} x{v}" for k, v in sorted(ops.items())))
-    lines.append(f"timings (s): {report.get('timings')}")
-    hashes = report.get("hashes") or {}
-    if isinstance(hashes, dict):
-        lines += [f"hash {k}: {v}" for k, v in sorted(hashes.items())]
+    if report.ops:
+        lines.append("operators: " + ", ".join(f"{k} x{v}" for k, v in sorted(report.ops.items())))
+    lines.append(f"timings (s): {report.timings}")
+    lines += [f"hash {k}: {v}" for k, v in sorted(report.hashes.items())]
     return lines
 
 
@@ -197,7 +202,7 @@ def run_lines(label: str, folder: Path) -> list[str]:
     if (folder / C.REPORT_FILE).exists():
         out += section(
             f"{label}: evaluator report ({folder / C.REPORT_FILE})",
-            "\n".join(report_lines(_json(folder / C.REPORT_FILE))),
+            "\n".join(report_lines(folder / C.REPORT_FILE)),
         )
     for name, title in (
         (C.TRAIN_LOG_FILE, "TRAIN log (untrusted candidate output)"),

@@ -55,9 +55,9 @@ from harness import interrupts
 from harness.agents.base import Agent, AgentFatal
 from harness.config import RunConfig
 from harness.judge import JudgeState, replay
-from harness.ledger import TrialPlan, TrialRecord
 from harness.loop import AgentGaveUp, LoopError, ResearchLoop, Seat, _Stop
 from harness.progress import Progress
+from harness.records.schemas import TrialPlan, TrialRecord
 from sandbox.constants import Decision
 from sandbox.engine.gpu import CpuSetLeases, GpuLeases, Lease, LeaseError, NoFreeDevice, parse_cpuset
 from sandbox.engine.limits import Limits

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sandbox.compute import ComputeReport
 from sandbox.constants import EVALUATOR_ERROR_EXIT, ExitCode, Status
 from sandbox.engine.limits import Limits
+from sandbox.report import EvalReport
 
 # --------------------------------------------------------------------------- errors
 
@@ -102,7 +103,7 @@ class EvalOutcome(BaseModel):
     exit_code: int | None  # None: killed by the controller at the eval time limit
     oom_killed: bool = False
     timed_out: bool = False
-    report: dict[str, Any] | None = None  # the parsed report, when one was written and readable
+    report: EvalReport | None = None  # the validated report, when one was written and well-formed
     report_error: str = ""  # why a report that was expected could not be read
     wall_s: float = 0.0
 
@@ -133,7 +134,7 @@ class Verdict(BaseModel):
     peak_memory_gb: float | None = None
     images: dict[str, str] = Field(default_factory=dict)
     logs: dict[str, str] = Field(default_factory=dict)
-    report: dict[str, Any] | None = None
+    report: EvalReport | None = None
     limits: dict[str, Any] = Field(default_factory=dict)
     gpu_ids: list[str] = Field(default_factory=list)
     seed: int = 0
@@ -181,18 +182,14 @@ def classify_starved(compute: ComputeReport | None, min_share: float) -> tuple[S
     )
 
 
-def classify_report(report: dict[str, Any]) -> tuple[Status, float | None, str]:
-    """Read the evaluator's report; anything but a well-formed ok report is a rejection."""
-    status = report.get("status")
-    reason = str(report.get("reason") or "")
-    if status == Status.OK.value:
-        val = report.get("val_bpb")
-        if isinstance(val, int | float) and not isinstance(val, bool) and math.isfinite(val) and val > 0:
-            return Status.OK, float(val), reason
+def classify_report(report: EvalReport) -> tuple[Status, float | None, str]:
+    """The verdict of a (validated) report; an ok report without a usable score is a rejection."""
+    if report.status == Status.OK.value:
+        val = report.val_bpb
+        if val is not None and math.isfinite(val) and val > 0:
+            return Status.OK, val, report.reason
         return Status.REJECTED, None, f"evaluator report has status ok but an invalid val_bpb: {val!r}"
-    if status == Status.REJECTED.value:
-        return Status.REJECTED, None, reason or "rejected by the evaluator"
-    return Status.REJECTED, None, f"evaluator report has an unknown status: {status!r}"
+    return Status.REJECTED, None, report.reason or "rejected by the evaluator"
 
 
 def classify_eval(outcome: EvalOutcome) -> tuple[Status, float | None, str]:

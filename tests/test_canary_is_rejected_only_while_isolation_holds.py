@@ -34,7 +34,7 @@ def test_the_canary_is_rejected_by_the_causality_probe(
     spec = _spec(make_spec)
     verdict = docker_sandbox.run_trial(spec)
     assert verdict.status is Status.REJECTED, verdict.reason
-    assert verdict.report is not None and verdict.report["check"] == canary.EXPECTED_CHECK
+    assert verdict.report is not None and verdict.report.check == canary.EXPECTED_CHECK
     assert canary.passed(verdict)
     assert canary.escapes(spec.trial_dir) == []  # it tried, and reached nothing
     assert '"escaped": []' in (spec.trial_dir / C.TRAIN_LOG_FILE).read_text()

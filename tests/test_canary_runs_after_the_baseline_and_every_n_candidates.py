@@ -22,13 +22,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from harness import canary
 from harness.agents.fake import ScriptedAgent
 from harness.judge import replay
-from harness.ledger import Ledger, TrialRecord, verify
 from harness.loop import ResearchLoop
-from harness.results import ResultsFile, format_row, rows_for
+from harness.records.chain import Ledger, verify
+from harness.records.results import ResultsFile, format_row, rows_for
+from harness.records.schemas import TrialPlan, TrialRecord
 from sandbox.constants import TRAIN_LOG_FILE, Decision, Status
 from sandbox.engine import trialdir
 from sandbox.verdict import TrialSpec, Verdict
@@ -118,7 +120,7 @@ def test_cadence_after_baseline_every_n_and_before_stopping(tmp_path: Path) -> N
         assert r.decision is Decision.CANARY and r.status is Status.REJECTED and r.val_bpb is None
         assert r.canary is not None and r.canary.passed and r.canary.got == "rejected by probe:causality"
         assert r.canary.source_sha256 == canary.source_sha256()
-        assert r.candidate_commit == f"sha256:{canary.source_sha256()}" and r.parent_commit is None
+        assert r.candidate_commit is None and r.parent_commit is None  # its source is no git commit
     # The same sandbox, limits and profile as every candidate.
     candidate_specs = [s for s in sandbox.calls if s not in sandbox.canary_calls]
     assert {s.limits for s in sandbox.canary_calls} == {candidate_specs[0].limits}
@@ -200,7 +202,7 @@ def _row(kind: str, passed: bool | None = None) -> TrialRecord:
             "kind": kind,
             "worker": "w",
             "parent_commit": None,
-            "candidate_commit": "c",
+            "candidate_commit": None if kind == "canary" else "c",
             "status": "ok",
             "decision": {"baseline": "baseline", "candidate": "discard", "canary": "canary"}[kind],
             "reason": "",
@@ -215,6 +217,31 @@ def _row(kind: str, passed: bool | None = None) -> TrialRecord:
 
 
 B, C_, K_OK, K_FAIL = _row("baseline"), _row("candidate"), _row("canary", True), _row("canary", False)
+
+
+def test_the_canary_source_hash_has_its_own_field_and_old_rows_still_read() -> None:
+    digest = canary.source_sha256()
+    old_row = K_OK.model_dump(mode="json") | {"candidate_commit": f"sha256:{digest}"}
+    assert TrialRecord.model_validate(old_row).candidate_commit is None  # written before the field existed
+    old_plan = {
+        "trial_id": "t0002",
+        "kind": "canary",
+        "parent_commit": None,
+        "candidate_commit": f"sha256:{digest}",
+        "description": "canary 1",
+        "seeds": [1, 2],
+        "code_lines": 1,
+        "created_at": "",
+        "worker": "w",
+    }
+    plan = TrialPlan.model_validate(old_plan)
+    assert plan.candidate_commit is None and plan.source_sha256 == digest
+    with pytest.raises(
+        ValidationError, match="candidate_commit"
+    ):  # a commit is a candidate's, never a canary's
+        TrialRecord.model_validate(K_OK.model_dump(mode="json") | {"candidate_commit": "c"})
+    with pytest.raises(ValidationError, match="candidate_commit"):
+        TrialRecord.model_validate(C_.model_dump(mode="json") | {"candidate_commit": None})
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.ledger import Ledger
+from harness.records.chain import Ledger
 from sandbox.cluster.journal import journal_summary
 from tests.ray_cluster import LocalCluster
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.ledger import hash_tree
+from harness.records.manifest import hash_tree
 from sandbox.cluster.dispatch import DuplicateResult, RaySandbox
 from sandbox.cluster.journal import DispatchJournal, journal_summary
 from sandbox.cluster.wire import ArchiveError, unpack_trial_dir

@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from harness.ledger import RunRecord, TrialRecord
 from harness.loop import ResearchLoop
+from harness.records.schemas import RunRecord, TrialRecord
 from sandbox.cluster.dispatch import RaySandbox
 from sandbox.cluster.journal import DispatchJournal, journal_summary
 from sandbox.constants import Status

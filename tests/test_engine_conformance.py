@@ -116,7 +116,7 @@ def test_honest_run_scores_ok(engine: EngineUnderTest, make_spec: MakeSpec) -> N
     verdict = engine.sandbox.run_trial(spec)
     assert verdict.status is Status.OK, verdict.reason
     assert verdict.val_bpb is not None and math.isfinite(verdict.val_bpb) and verdict.val_bpb > 0
-    assert verdict.report is not None and verdict.report["val_bpb"] == verdict.val_bpb
+    assert verdict.report is not None and verdict.report.val_bpb == verdict.val_bpb
     assert verdict.backend == engine.name
     assert _names(spec) == ["limits", "exit", "exit", "verdict"]
     assert engine.leftovers(spec) == []

@@ -24,9 +24,9 @@ from harness.judge import (
     code_lines,
     judge,
     judge_paired,
-    noise_floor,
     replay,
 )
+from harness.judge_stats import noise_floor
 from sandbox.constants import Decision
 
 SETTINGS = JudgeSettings(baseline_repeats=3, noise_k=2.0, min_delta=0.001, confirm_keeps=True)

@@ -27,12 +27,11 @@ from harness.judge import (
     JudgeState,
     judge,
     judge_paired,
-    pooled_noise,
     replay,
-    t_quantile,
 )
-from harness.ledger import Ledger
+from harness.judge_stats import pooled_noise, t_quantile
 from harness.loop import ResearchLoop
+from harness.records.chain import Ledger
 from sandbox.constants import Decision
 from tests.test_loop_fakes_honour_the_protocols import FakeSandbox, Sleeps, edit, run_config, with_score
 

@@ -18,8 +18,8 @@ import pytest
 
 from harness.agents.fake import ScriptedAgent
 from harness.judge import JudgedRow, JudgeSettings, judge, replay
-from harness.ledger import Ledger
 from harness.loop import ResearchLoop
+from harness.records.chain import Ledger
 from sandbox.constants import Decision
 from tests.test_loop_fakes_honour_the_protocols import (
     FakeSandbox,

@@ -19,8 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from harness.ledger import Ledger, verify
-from harness.results import HEADER, ResultRow, ResultsFile
+from harness.records.chain import Ledger, verify
+from harness.records.results import HEADER, ResultRow, ResultsFile
 
 PROCS = 4
 ROWS = 50

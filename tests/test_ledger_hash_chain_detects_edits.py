@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.ledger import GENESIS, Ledger, TornTail, canonical, row_hash, verify
+from harness.records.chain import GENESIS, Ledger, TornTail, canonical, row_hash, verify
 
 
 def filled(tmp_path: Path, n: int = 5) -> Ledger:

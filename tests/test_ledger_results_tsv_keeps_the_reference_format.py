@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from harness.results import HEADER, ResultRow, ResultsError, ResultsFile, format_row, sanitize_description
+from harness.records.results import (
+    HEADER,
+    ResultRow,
+    ResultsError,
+    ResultsFile,
+    format_row,
+    sanitize_description,
+)
 
 
 def test_header_and_number_formats(tmp_path: Path) -> None:

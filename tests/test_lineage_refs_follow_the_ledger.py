@@ -12,7 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from harness.lineage import DISCARDED, ORPHANED, PENDING, Lineage, LineageError, check_run_tag, git_env
+from harness.records.lineage import (
+    DISCARDED,
+    ORPHANED,
+    PENDING,
+    Lineage,
+    LineageError,
+    check_run_tag,
+    git_env,
+)
 from sandbox.constants import Decision
 
 START = "x = 1\n"

@@ -17,7 +17,6 @@ import pytest
 
 from harness.agents.base import AgentError, AgentFatal, Proposal, Usage
 from harness.agents.fake import ScriptedAgent
-from harness.ledger import Ledger, TrialRecord
 from harness.loop import (
     AgentGaveUp,
     BaselineFailed,
@@ -28,6 +27,8 @@ from harness.loop import (
     RunMismatch,
     SandboxGaveUp,
 )
+from harness.records.chain import Ledger
+from harness.records.schemas import TrialRecord
 from sandbox.constants import Decision, Status
 from sandbox.verdict import DataMissing
 from tests.test_loop_fakes_honour_the_protocols import (

@@ -14,7 +14,7 @@ import pytest
 
 import harness.loop_cmds as loop_cmds
 from harness.cli import main
-from harness.ledger import Ledger, verify
+from harness.records.chain import Ledger, verify
 from tests.test_loop_fakes_honour_the_protocols import PROGRAM, START, FakeSandbox, with_score
 
 

@@ -16,8 +16,9 @@ import pytest
 import harness.loop_cmds as loop_cmds
 from harness.agents.fake import FakeMessagesServer
 from harness.cli import main
-from harness.ledger import Ledger, run_cost, verify
 from harness.loop import CapReached
+from harness.records.chain import Ledger, verify
+from harness.records.schemas import run_cost
 from harness.report import load_run, render_markdown, status_text
 from sandbox.constants import ExitCode
 from tests.claude_loop import (

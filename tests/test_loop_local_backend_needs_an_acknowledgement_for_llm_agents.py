@@ -22,7 +22,7 @@ import harness.loop_cmds as loop_cmds
 from harness.agents.base import Proposal
 from harness.agents.fake import ScriptedAgent
 from harness.cli import main
-from harness.ledger import Ledger
+from harness.records.chain import Ledger
 from sandbox.constants import ExitCode
 from tests.test_loop_fakes_honour_the_protocols import PROGRAM, START, FakeSandbox, with_score
 

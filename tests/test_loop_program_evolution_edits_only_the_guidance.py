@@ -17,8 +17,8 @@ import pytest
 from harness import program as programs
 from harness.agents.claude import META_PROGRAM, PROGRAM_TOOLS
 from harness.agents.fake import FakeMessagesServer, tool_use_block
-from harness.ledger import Ledger, verify
-from harness.lineage import Lineage
+from harness.records.chain import Ledger, verify
+from harness.records.lineage import Lineage
 from harness.report import load_run, render_markdown
 from sandbox.incontainer.fileio import sha256_file
 from tests.claude_loop import MODEL, PROGRAM, USAGE, fake_server, proposal_requests, propose, results_of, run

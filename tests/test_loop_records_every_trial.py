@@ -1,7 +1,8 @@
 """Every trial the loop runs is recorded exactly once, in every record: a ledger row that verifies,
 a results.tsv row in the reference format, a trial folder with its candidate, diff, verdict and
-manifest, and a lineage commit whose ref matches the decision. `verify-ledger` passes on the
-result, then fails naming the row once one number in the JSONL is edited.
+manifest (derived from the row: the same facts, never written twice), and a lineage commit whose ref
+matches the decision. `verify-ledger` passes on the result, then fails naming the row once one number
+in the JSONL is edited.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import pytest
 
 from harness.agents.fake import ScriptedAgent
 from harness.cli import main
-from harness.ledger import Ledger, verify
-from harness.lineage import DISCARDED, PENDING, Lineage
 from harness.loop import ResearchLoop
-from harness.results import HEADER
+from harness.records.chain import Ledger, verify
+from harness.records.lineage import DISCARDED, PENDING, Lineage
+from harness.records.manifest import MANIFEST_FILE, manifest_for, manifest_text, tree_hashes
+from harness.records.results import HEADER
 from sandbox.constants import Decision, Status
 from tests.test_loop_fakes_honour_the_protocols import (
     PEAK_BYTES,
@@ -93,6 +95,18 @@ def test_ledger_rows_carry_the_audit_fields(six_trials: tuple[Path, FakeSandbox,
     no_change = records[5]
     assert no_change.runs == [] and no_change.reason.startswith("no change")
     assert records[0].seeds[0] != records[1].seeds[0]  # baseline runs use different seeds
+
+
+def test_each_manifest_is_derived_from_its_ledger_row(
+    six_trials: tuple[Path, FakeSandbox, ScriptedAgent],
+) -> None:
+    run_dir, _, _ = six_trials
+    records = [r for r in Ledger(run_dir / "ledger.jsonl").records() if MANIFEST_FILE in r.hashes]
+    assert len(records) >= 5
+    for record in records:
+        path = run_dir / "trials" / record.trial_id / MANIFEST_FILE
+        expected = manifest_text(manifest_for(record, tree_hashes(record.hashes)))
+        assert path.read_text(encoding="utf-8") == expected, record.trial_id
 
 
 def test_trial_folders_keep_discarded_diffs(six_trials: tuple[Path, FakeSandbox, ScriptedAgent]) -> None:

@@ -24,10 +24,10 @@ import pytest
 from harness.agents.base import AgentContext, Proposal
 from harness.agents.fake import ScriptedAgent
 from harness.config import RunConfig
-from harness.ledger import Ledger, verify
-from harness.lineage import DISCARDED, ORPHANED, PENDING, Lineage
 from harness.loop import ResearchLoop
-from harness.results import ResultsFile, format_row
+from harness.records.chain import Ledger, verify
+from harness.records.lineage import DISCARDED, ORPHANED, PENDING, Lineage
+from harness.records.results import ResultsFile, format_row
 from sandbox.constants import Decision
 from sandbox.verdict import TrialSpec
 from tests.test_loop_fakes_honour_the_protocols import FakeSandbox, Sleeps, edit, run_config, with_score

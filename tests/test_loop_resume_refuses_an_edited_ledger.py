@@ -23,8 +23,8 @@ from harness.agents.fake import ScriptedAgent
 from harness.cli import main
 from harness.config import RunConfig
 from harness.judge import JudgeSettings
-from harness.ledger import canonical, row_hash
 from harness.loop import LoopError, ResearchLoop
+from harness.records.chain import canonical, row_hash
 from sandbox.constants import ExitCode
 from tests.test_loop_fakes_honour_the_protocols import (
     PROGRAM,

@@ -16,10 +16,10 @@ from harness.agents import make_agent
 from harness.agents.config import AgentSettings
 from harness.config import RunConfig
 from harness.judge import JudgeSettings
-from harness.ledger import Ledger, verify
 from harness.loop import ResearchLoop
+from harness.records.chain import Ledger, verify
+from harness.records.results import ResultsFile
 from harness.report import write_report
-from harness.results import ResultsFile
 from sandbox.constants import Decision, Status
 from sandbox.engine.limits import Limits
 from sandbox.engine.local import LocalSandbox

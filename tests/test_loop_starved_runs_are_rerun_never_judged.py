@@ -18,9 +18,10 @@ import pytest
 
 from harness.agents.fake import ScriptedAgent
 from harness.config import RetrySettings
-from harness.ledger import Ledger, TrialRecord
 from harness.loop import HostStarved, ResearchLoop
-from harness.results import ResultsFile
+from harness.records.chain import Ledger
+from harness.records.results import ResultsFile
+from harness.records.schemas import TrialRecord
 from sandbox.constants import VERDICT_FILE, Decision, Status
 from tests.test_loop_fakes_honour_the_protocols import FakeSandbox, Sleeps, edit, run_config, with_score
 

@@ -37,9 +37,10 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from harness.ledger import Ledger, TrialPlan
-from harness.lineage import DISCARDED, ORPHANED, PENDING, Lineage, git_env
-from harness.results import ResultsFile, format_row
+from harness.records.chain import Ledger
+from harness.records.lineage import DISCARDED, ORPHANED, PENDING, Lineage, git_env
+from harness.records.results import ResultsFile, format_row
+from harness.records.schemas import TrialPlan
 from sandbox import constants as C
 from sandbox.constants import Decision
 from tests.conftest import CANDIDATES

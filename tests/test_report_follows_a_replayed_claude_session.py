@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from harness.agents.fake import FakeMessagesServer, tool_use_block
-from harness.ledger import Ledger, verify
+from harness.records.chain import Ledger, verify
 from harness.report import write_report
 from sandbox.constants import Decision
 from tests.claude_loop import CALL_COST, INJECTION, MODEL, USAGE, fake_server, propose, run

@@ -14,10 +14,11 @@ import pytest
 from harness.agents.base import Proposal
 from harness.agents.fake import ScriptedAgent
 from harness.cli import main
-from harness.ledger import Ledger
 from harness.loop import ResearchLoop
 from harness.progress import LogProgress, RichProgress, make_progress
-from harness.report import load_run, plot_progress, render_markdown, status_text, write_report
+from harness.records.chain import Ledger
+from harness.report import load_run, render_markdown, status_text, write_report
+from harness.report_plot import plot_progress
 from tests.test_loop_fakes_honour_the_protocols import (
     FakeSandbox,
     Sleeps,

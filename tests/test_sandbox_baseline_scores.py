@@ -47,7 +47,7 @@ def test_baseline_scores_under_runc(docker_sandbox: DockerSandbox, tmp_path: Pat
     verdict = docker_sandbox.run_trial(_spec(tmp_path, "runc"))
     assert verdict.status is Status.OK, verdict.reason
     assert verdict.val_bpb is not None and math.isfinite(verdict.val_bpb) and verdict.val_bpb > 0
-    assert verdict.report is not None and verdict.report["val_bpb"] == verdict.val_bpb
+    assert verdict.report is not None and verdict.report.val_bpb == verdict.val_bpb
     assert verdict.peak_memory_gb is not None and verdict.peak_memory_gb > 0
     assert verdict.timings["train_wall_s"] < Limits.for_profile("tiny").time_budget_s + GRACE_S
     # What TRAIN got of its CPUs is measured from the host, from the container's own cgroup.

@@ -22,6 +22,7 @@ import pytest
 from sandbox import constants as C
 from sandbox.constants import Status
 from sandbox.engine.docker import DockerSandbox
+from sandbox.report import EvalReport
 from sandbox.verdict import TrialSpec
 
 pytestmark = pytest.mark.docker
@@ -40,7 +41,8 @@ def test_honest_export_scores_with_the_contract_mounts(
     assert verdict.status is Status.OK, verdict.reason
     assert verdict.val_bpb is not None and math.isfinite(verdict.val_bpb)
     report = json.loads((spec.trial_dir / C.REPORT_FILE).read_text())
-    assert report == verdict.report and report["val_bpb"] == verdict.val_bpb
+    assert verdict.report is not None and verdict.report == EvalReport.model_validate(report)
+    assert report["val_bpb"] == verdict.val_bpb
 
     train = _mounts(spec.trial_dir, C.TRAIN_STATE_FILE)
     assert set(train) == {C.CONTAINER_CANDIDATE, "/data/train", "/data/tokenizer", C.CONTAINER_OUT}

@@ -4,7 +4,8 @@ Property: `classify_train`, `classify_eval` and `classify_report` (shared by bot
 the controller observed into one Status, with OOM and a full output channel taking precedence over
 the exit code, the controller's clock over the candidate's exit, and the evaluator's report over
 anything the candidate printed. The evaluator's own failure (exit 2, or exit 0 without a readable
-report) raises EvaluatorFailed instead of blaming the candidate.
+report, a malformed one included: not the `EvalReport` schema) raises EvaluatorFailed instead of
+blaming the candidate.
 Attacks defeated: a candidate that crashes on purpose after filling memory or the output channel to
 pass as a mere crash; an artifact that hangs or kills the evaluator to escape rejection; a report
 whose val_bpb is NaN, negative or a boolean; a printed `val_bpb:` line treated as a score.
@@ -17,6 +18,7 @@ import math
 import pytest
 
 from sandbox.constants import Status
+from sandbox.report import EvalReport, parse_report
 from sandbox.verdict import (
     EvalOutcome,
     EvaluatorFailed,
@@ -62,20 +64,35 @@ def test_only_a_clean_exit_with_an_artifact_goes_to_the_evaluator() -> None:
         ({"status": "ok", "val_bpb": math.nan}, Status.REJECTED, None),
         ({"status": "ok", "val_bpb": -1.0}, Status.REJECTED, None),
         ({"status": "ok", "val_bpb": 0}, Status.REJECTED, None),
-        ({"status": "ok", "val_bpb": True}, Status.REJECTED, None),
-        ({"status": "ok", "val_bpb": "1.2"}, Status.REJECTED, None),
         ({"status": "ok"}, Status.REJECTED, None),
         ({"status": "rejected", "reason": "causality probe failed"}, Status.REJECTED, None),
-        ({"status": "perfect", "val_bpb": 0.1}, Status.REJECTED, None),
     ],
 )
 def test_only_a_well_formed_ok_report_scores(
     report: dict[str, object], status: Status, val: float | None
 ) -> None:
-    got_status, got_val, reason = classify_report(report)
+    got_status, got_val, reason = classify_report(EvalReport.model_validate(report))
     assert (got_status, got_val) == (status, val)
     if status is Status.REJECTED:
         assert reason
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        (b'{"status": "ok", "val_bpb": true}', "val_bpb"),
+        (b'{"status": "ok", "val_bpb": "1.2"}', "val_bpb"),
+        (b'{"status": "perfect", "val_bpb": 0.1}', "status"),
+        (b'{"status": "ok", "val_bpb": 1.0, "bonus": 1}', "bonus"),
+        (b"[1, 2]", "not a JSON object"),
+        (b"{", "not valid JSON"),
+    ],
+)
+def test_a_malformed_report_is_an_evaluator_failure_not_a_verdict(raw: bytes, why: str) -> None:
+    report, error = parse_report(raw)
+    assert report is None and why in error
+    with pytest.raises(EvaluatorFailed, match=why):
+        classify_eval(EvalOutcome(exit_code=0, report=report, report_error=error))
 
 
 def test_eval_outcomes_blame_the_artifact_not_the_evaluator() -> None:

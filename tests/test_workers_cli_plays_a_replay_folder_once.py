@@ -16,7 +16,7 @@ import pytest
 
 import harness.loop_cmds as loop_cmds
 from harness.cli import main
-from harness.ledger import Ledger, verify
+from harness.records.chain import Ledger, verify
 from sandbox.engine.gpu import CpuSetLeases
 from tests.test_loop_fakes_honour_the_protocols import PROGRAM, START, with_score
 from tests.workers_fakes import RecordingSandbox

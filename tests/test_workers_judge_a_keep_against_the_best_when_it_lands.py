@@ -23,8 +23,8 @@ import pytest
 
 from harness.agents.base import AgentContext, Proposal
 from harness.agents.fake import ScriptedAgent
-from harness.lineage import SUPERSEDED, Lineage
 from harness.loop import CONFIRM_SUFFIX, ResearchLoop
+from harness.records.lineage import SUPERSEDED, Lineage
 from sandbox.constants import Decision
 from sandbox.verdict import TrialSpec
 from tests.test_loop_fakes_honour_the_protocols import Sleeps, edit, with_score

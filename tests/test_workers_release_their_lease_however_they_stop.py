@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.ledger import Ledger
 from harness.loop import ResearchLoop
+from harness.records.chain import Ledger
 from sandbox.verdict import TrialSpec
 from tests.test_loop_fakes_honour_the_protocols import Sleeps
 from tests.workers_fakes import (

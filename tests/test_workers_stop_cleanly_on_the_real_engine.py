@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from harness.ledger import Ledger
+from harness.records.chain import Ledger
 from sandbox import constants as C
 from tests.conftest import CANDIDATES
 from tests.test_loop_survives_sigkill_on_the_real_engine import containers_of, describe, volumes_of

@@ -15,9 +15,10 @@ from typing import Any
 from harness.agents.fake import ScriptedAgent
 from harness.config import RunConfig
 from harness.judge import replay
-from harness.ledger import Ledger, TrialRecord, verify
-from harness.lineage import PENDING, Lineage
-from harness.results import ResultsFile, format_row, rows_for
+from harness.records.chain import Ledger, verify
+from harness.records.lineage import PENDING, Lineage
+from harness.records.results import ResultsFile, format_row, rows_for
+from harness.records.schemas import TrialRecord
 from sandbox.constants import Decision
 from sandbox.engine.gpu import CpuSetLeases
 from sandbox.verdict import TrialSpec, Verdict

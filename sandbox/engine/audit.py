@@ -47,6 +47,7 @@ from typing import Any, Final
 
 from sandbox import constants as C
 from sandbox.engine.limits import Limits
+from sandbox.report import EvalReport
 from sandbox.verdict import (
     SIGXFSZ_EXIT,
     EvalOutcome,
@@ -210,31 +211,26 @@ def eval_events(
     return _named(events, name)
 
 
-def report_events(report: Mapping[str, Any]) -> list[Event]:
+def report_events(report: EvalReport) -> list[Event]:
     """The rejections the evaluator's report records: its deciding check and every failed probe."""
     events: list[Event] = []
-    check = report.get("check")
-    reason = str(report.get("reason") or "")
-    if isinstance(check, str):
+    check, reason = report.check, report.reason
+    if check is not None:
         if check == OP_NOT_ALLOWED_CHECK:
             events.append(Event(EVAL, "operator_not_allowed", {"check": check, "reason": reason}))
         elif check.startswith("artifact:"):
             events.append(Event(EVAL, "artifact_rejected", {"check": check, "reason": reason}))
         elif not check.startswith("probe:"):  # probes get one event each below
             events.append(Event(EVAL, "runtime_rejected", {"check": check, "reason": reason}))
-    probes = report.get("probes")
-    deviations = report.get("probe_deviation_nats")
-    deviations = deviations if isinstance(deviations, Mapping) else {}
-    if isinstance(probes, Mapping):
-        for probe, result in probes.items():
-            if not isinstance(result, Mapping) or result.get("passed") is not False:
-                continue
-            prefixes = _MEASURES.get(probe, (probe,))
-            measured = {k: v for k, v in deviations.items() if k.startswith(prefixes)}
-            detail: dict[str, Any] = {"probe": probe, "detail": str(result.get("detail") or "")}
-            detail["deviation_nats"] = measured
-            detail["deciding"] = check == f"probe:{probe}"
-            events.append(Event(EVAL, "probe_failed", detail))
+    for probe, result in report.probes.items():
+        if result.passed:
+            continue
+        prefixes = _MEASURES.get(probe, (probe,))
+        measured = {k: v for k, v in report.probe_deviation_nats.items() if k.startswith(prefixes)}
+        detail: dict[str, Any] = {"probe": probe, "detail": result.detail}
+        detail["deviation_nats"] = measured
+        detail["deciding"] = check == f"probe:{probe}"
+        events.append(Event(EVAL, "probe_failed", detail))
     return events
 
 

@@ -25,6 +25,7 @@ from sandbox import constants as C
 from sandbox.engine.docker_config import API_TIMEOUT_S, OUTPUT_PROBE, REPORT_PATH
 from sandbox.engine.limits import Limits, MiB
 from sandbox.incontainer.fileio import atomic_write
+from sandbox.report import EvalReport, parse_report
 from sandbox.retry import infra_retry
 from sandbox.verdict import SandboxError
 
@@ -48,7 +49,7 @@ def inspect_output(holder: Container, limits: Limits) -> dict[str, Any]:
 
 def fetch_report(
     holder: Container, limits: Limits, trial_dir: Path, logs: dict[str, Path]
-) -> tuple[dict[str, Any] | None, str]:
+) -> tuple[EvalReport | None, str]:
     """The evaluator's report from the report channel, size-capped and parsed; or None and why not.
 
     The bytes read are kept verbatim in the trial folder (`logs["report"]`).
@@ -76,13 +77,7 @@ def fetch_report(
         return None, f"unreadable report archive: {exc}"
     atomic_write(trial_dir / C.REPORT_FILE, raw, durable=False)
     logs["report"] = trial_dir / C.REPORT_FILE
-    try:
-        report = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        return None, f"the report is not valid JSON: {exc}"
-    if not isinstance(report, dict):
-        return None, "the report is not a JSON object"
-    return report, ""
+    return parse_report(raw)
 
 
 class MemoryWatcher:

@@ -19,7 +19,6 @@ the candidate, on the CPUs of its affinity), so a starved trial is `starved` her
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -31,7 +30,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from sandbox import constants as C
 from sandbox.compute import ComputeMeter, ComputeReport, ProcessTree, allotment
@@ -39,6 +38,7 @@ from sandbox.engine import trialdir
 from sandbox.engine.base import EvalResult, StagedTrial, TrainResult
 from sandbox.engine.limits import MiB
 from sandbox.engine.trial import run_trial
+from sandbox.report import EvalReport, parse_report
 from sandbox.verdict import EvalOutcome, SandboxError, TrainOutcome, TrialCancelled, TrialSpec, Verdict
 
 logger = logging.getLogger(__name__)
@@ -345,7 +345,7 @@ def _output_usage(out: Path) -> tuple[int, bool]:
     return used, artifact.is_file() and not artifact.is_symlink()
 
 
-def _read_report(path: Path, cap: int) -> tuple[dict[str, Any] | None, str]:
+def _read_report(path: Path, cap: int) -> tuple[EvalReport | None, str]:
     try:
         with path.open("rb") as f:
             raw = f.read(cap + 1)
@@ -353,10 +353,4 @@ def _read_report(path: Path, cap: int) -> tuple[dict[str, Any] | None, str]:
         return None, "no report was written"
     if len(raw) > cap:
         return None, f"the report is larger than {cap} bytes"
-    try:
-        report = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        return None, f"the report is not valid JSON: {exc}"
-    if not isinstance(report, dict):
-        return None, "the report is not a JSON object"
-    return report, ""
+    return parse_report(raw)

@@ -18,12 +18,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
 
 from sandbox import constants as C
 from sandbox.constants import Status
 from sandbox.engine import audit, trialdir
 from sandbox.engine.base import Engine, EngineTrial, StagedTrial, TrainResult, raise_if_cancelled
+from sandbox.report import EvalReport
 from sandbox.verdict import SandboxError, TrialSpec, Verdict, classify_eval, classify_starved, classify_train
 
 logger = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def run_trial(engine: Engine, spec: TrialSpec, cancel: threading.Event | None = 
 
 def _steps(
     trial: EngineTrial, spec: TrialSpec, trail: audit.AuditTrail, cancel: threading.Event
-) -> tuple[Status, float | None, str, TrainResult, dict[str, Any] | None]:
+) -> tuple[Status, float | None, str, TrainResult, EvalReport | None]:
     """TRAIN, then EVAL when TRAIN left an artifact worth judging; the status, score and reason."""
     raise_if_cancelled(cancel, "set-up")
     train = trial.train(cancel)

@@ -14,12 +14,12 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from sandbox import constants as C
 from sandbox.compute import ComputeReport
 from sandbox.constants import Status
 from sandbox.incontainer.fileio import atomic_write
+from sandbox.report import EvalReport
 from sandbox.verdict import DataMissing, TrialSpec, Verdict, claimed_val_bpb
 
 logger = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ def finish(
     peak_memory_bytes: int | None,
     images: dict[str, str],
     logs: dict[str, Path],
-    report: dict[str, Any] | None,
+    report: EvalReport | None,
     compute: ComputeReport | None = None,
 ) -> Verdict:
     """Build the verdict, write verdict.json into the trial folder, and return it."""

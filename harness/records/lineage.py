@@ -233,7 +233,7 @@ class Lineage:
         self,
         *,
         best_commit: str,
-        decided: Mapping[str, tuple[Decision, str]],
+        decided: Mapping[str, tuple[Decision, str | None]],
         in_progress: Collection[str],
     ) -> list[str]:
         """Make the refs agree with the ledger. Returns what was changed, one line per ref.
@@ -266,9 +266,11 @@ class Lineage:
                 self.orphan(trial_id, commit)
                 changes.append(f"{trial_id}: pending -> orphaned (no ledger row)")
         discarded = self.refs(DISCARDED)
-        for trial_id, (decision, commit) in decided.items():
-            if decision is not Decision.KEEP and trial_id not in discarded and self.resolve(commit):
-                self._update_ref(DISCARDED + trial_id, commit, why=f"autoresearch: discard {trial_id}")
+        for trial_id, (decision, recorded) in decided.items():
+            if recorded is None:  # a canary: no commit, no ref (callers pass candidates only)
+                continue
+            if decision is not Decision.KEEP and trial_id not in discarded and self.resolve(recorded):
+                self._update_ref(DISCARDED + trial_id, recorded, why=f"autoresearch: discard {trial_id}")
                 changes.append(f"{trial_id}: discarded ref restored")
         for line in changes:
             logger.warning("lineage: %s", line)
