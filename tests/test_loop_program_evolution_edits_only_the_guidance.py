@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from harness import program as programs
-from harness.agents.claude import META_PROGRAM, PROGRAM_TOOLS
+from harness.agents.evolve import META_PROGRAM, PROGRAM_TOOLS
 from harness.agents.fake import FakeMessagesServer, tool_use_block
 from harness.ledger import Ledger, verify
 from harness.lineage import Lineage
