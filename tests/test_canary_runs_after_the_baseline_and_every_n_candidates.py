@@ -24,7 +24,6 @@ from typing import Any
 import pytest
 
 from harness import canary
-from harness.agents.fake import ScriptedAgent
 from harness.judge import replay
 from harness.ledger import Ledger, TrialRecord, verify
 from harness.loop import ResearchLoop
@@ -32,6 +31,7 @@ from harness.results import ResultsFile, format_row, rows_for
 from sandbox import trialdir
 from sandbox.constants import TRAIN_LOG_FILE, Decision, Status
 from sandbox.verdict import TrialSpec, Verdict
+from tests.agent_fakes import ScriptedAgent
 from tests.test_loop_fakes_honour_the_protocols import FakeSandbox, Sleeps, run_config
 from tests.test_loop_resume_loses_and_duplicates_nothing import improving
 

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from harness.agents.fake import ScriptedAgent
 from harness.judge import (
     Action,
     Best,
@@ -34,6 +33,7 @@ from harness.judge import (
 from harness.ledger import Ledger
 from harness.loop import ResearchLoop
 from sandbox.constants import Decision
+from tests.agent_fakes import ScriptedAgent
 from tests.test_loop_fakes_honour_the_protocols import FakeSandbox, Sleeps, edit, run_config, with_score
 
 SETTINGS = JudgeSettings(

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 
 from harness.agents.base import AgentError, AgentFatal, Proposal, Usage
-from harness.agents.fake import ScriptedAgent
 from harness.ledger import Ledger, TrialRecord
 from harness.loop import (
     AgentGaveUp,
@@ -30,6 +29,7 @@ from harness.loop import (
 )
 from sandbox.constants import Decision, Status
 from sandbox.verdict import DataMissing
+from tests.agent_fakes import ScriptedAgent
 from tests.test_loop_fakes_honour_the_protocols import (
     START,
     FakeSandbox,

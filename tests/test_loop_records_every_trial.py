@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from harness.agents.fake import ScriptedAgent
 from harness.cli import main
 from harness.ledger import Ledger, verify
 from harness.lineage import DISCARDED, PENDING, Lineage
 from harness.loop import ResearchLoop
 from harness.results import HEADER
 from sandbox.constants import Decision, Status
+from tests.agent_fakes import ScriptedAgent
 from tests.test_loop_fakes_honour_the_protocols import (
     PEAK_BYTES,
     FakeSandbox,

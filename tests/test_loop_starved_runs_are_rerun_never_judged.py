@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from harness.agents.fake import ScriptedAgent
 from harness.config import RetrySettings
 from harness.ledger import Ledger, TrialRecord
 from harness.loop import HostStarved, ResearchLoop
 from harness.results import ResultsFile
 from sandbox.constants import VERDICT_FILE, Decision, Status
+from tests.agent_fakes import ScriptedAgent
 from tests.test_loop_fakes_honour_the_protocols import FakeSandbox, Sleeps, edit, run_config, with_score
 
 RETRIES = RetrySettings(
