@@ -9,6 +9,10 @@ Deliberate:
   bad; a retry storm would only burn the rate limit), other 4xx raise AgentError.
 - Usage is summed over every call of a proposal and priced from settings.prices; after every call the
   per-proposal caps are checked (AgentCapReached).
+- Cancellation by event. The sync SDK cannot abort a request, so with a cancel event the request runs
+  in a daemon thread while the caller waits on both; once the event is set the caller raises
+  AgentCancelled within POLL_S and abandons the request, which ends on its own (reply or timeout_s;
+  a late reply is logged, not counted). Retry backoff waits on the event, not in time.sleep.
 """
 
 from __future__ import annotations
@@ -16,8 +20,11 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent import futures
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,12 +32,13 @@ import anthropic
 import tenacity
 from anthropic.types import Message
 
-from harness.agents.base import AgentCapReached, AgentError, AgentFatal, Usage
+from harness.agents.base import AgentCancelled, AgentCapReached, AgentError, AgentFatal, Usage
 from harness.agents.config import AgentSettings
 from harness.agents.tools import TOOLS
 
 logger = logging.getLogger(__name__)
 
+POLL_S = 0.05  # how often a request in flight looks at its cancel event
 NO_KEY = (
     "ANTHROPIC_API_KEY is not set and no other Anthropic credentials were found: "
     "export it, or use --agent offline"
@@ -143,6 +151,13 @@ class Tally:
                 usage=usage,
             )
 
+    def check_cancel(self, cancel: threading.Event | None, settings: AgentSettings, what: str) -> None:
+        """Raise AgentCancelled, with what the completed calls cost, when `cancel` is set."""
+        if cancel is not None and cancel.is_set():
+            raise AgentCancelled(
+                f"{what} was cancelled after {self.calls} API calls", usage=self.usage(settings)
+            )
+
 
 def assistant_content(message: Message) -> list[dict[str, Any]]:
     """The reply as the next request's assistant turn."""
@@ -196,25 +211,41 @@ class MessagesApi:
         tally: Tally,
         *,
         tools: list[dict[str, Any]] = TOOLS,
+        cancel: threading.Event | None = None,
+        what: str = "the proposal",
     ) -> Message:
+        """The reply to one request, after retries; AgentCancelled once `cancel` is set (no request
+        is sent after that, and one in flight is abandoned)."""
         settings = self.settings
+        request: dict[str, Any] = {
+            "model": settings.model,
+            "max_tokens": settings.max_tokens,
+            "system": system,
+            "tools": tools,
+            "messages": _with_cache_breakpoint(messages),
+            "timeout": settings.timeout_s,
+        }
+
+        def attempt() -> Message:
+            tally.check_cancel(cancel, settings, what)
+            return self._send(request, cancel, tally, what)
+
+        def nap(seconds: float) -> None:
+            if cancel is None:
+                time.sleep(seconds)
+            else:
+                cancel.wait(seconds)  # set: the next attempt raises AgentCancelled before sending
+
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception(is_transient),
             stop=tenacity.stop_after_attempt(settings.retry_attempts),
             wait=_RetryWait(settings.retry_base_s, settings.retry_max_wait_s),
+            sleep=nap,
             before_sleep=tenacity.before_sleep_log(logger, logging.WARNING),
             reraise=True,
         )
         try:
-            return retrying(
-                self._create,
-                model=settings.model,
-                max_tokens=settings.max_tokens,
-                system=system,
-                tools=tools,
-                messages=_with_cache_breakpoint(messages),
-                timeout=settings.timeout_s,
-            )
+            return retrying(attempt)
         except anthropic.AuthenticationError as exc:
             raise AgentFatal(
                 f"ANTHROPIC_API_KEY is invalid (401 from the Anthropic API: {exc.message}); "
@@ -239,3 +270,42 @@ class MessagesApi:
             raise AgentError(
                 f"Anthropic API error{status}{gave_up}: {exc.message}", usage=tally.usage(settings)
             ) from exc
+
+    def _send(
+        self, request: dict[str, Any], cancel: threading.Event | None, tally: Tally, what: str
+    ) -> Message:
+        """One request; AgentCancelled when `cancel` is set before its reply (the request is abandoned)."""
+        if cancel is None:
+            return self._create(**request)
+        reply: Future[Message] = Future()
+
+        def run() -> None:
+            try:
+                reply.set_result(self._create(**request))
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread, which raises it
+                reply.set_exception(exc)
+
+        threading.Thread(target=run, name="anthropic-request", daemon=True).start()
+        while not futures.wait([reply], timeout=POLL_S).done:
+            if cancel.is_set() and not reply.done():
+                reply.add_done_callback(_log_abandoned)
+                raise AgentCancelled(
+                    f"{what} was cancelled during API call {tally.calls + 1}",
+                    usage=tally.usage(self.settings),
+                )
+        return reply.result()
+
+
+def _log_abandoned(reply: Future[Message]) -> None:
+    """A request abandoned on cancel has ended: what it cost is not in any proposal's usage."""
+    error = reply.exception()
+    if error is not None:
+        logger.info("an API request abandoned on cancel ended with %s", type(error).__name__)
+        return
+    usage = reply.result().usage
+    logger.warning(
+        "an API request abandoned on cancel was answered later (%d input, %d output tokens): "
+        "not counted in the run's spend",
+        usage.input_tokens,
+        usage.output_tokens,
+    )

@@ -11,6 +11,8 @@ Deliberate:
 - Prompt caching: program.md (and the tools before it) carry a cache breakpoint, and so does the
   newest turn, so each call of the edit loop re-reads the conversation so far from the cache.
 - A proposal that fails still reports what it cost (AgentError.usage).
+- Cancellation: the event is checked before every API request (api.py, which also cuts a request in
+  flight and a retry's backoff) and before every tool step; AgentCancelled carries the usage so far.
 """
 
 from __future__ import annotations
@@ -58,16 +60,18 @@ class ClaudeAgent:
         ]
         workspace = Workspace(ctx.train_py, ctx.notes, ctx.view_trial)
         tally = Tally(model=settings.model)
+        what = f"the proposal for trial {ctx.trial_index}"
         for turn in range(1, settings.max_edit_turns + 1):
-            message = self._api.call(system, messages, tally)
+            message = self._api.call(system, messages, tally, cancel=cancel, what=what)
             tally.add(message)
-            tally.check_caps(settings, f"the proposal for trial {ctx.trial_index}")
+            tally.check_caps(settings, what)
             messages.append({"role": "assistant", "content": assistant_content(message)})
             if message.stop_reason in ("refusal", "model_context_window_exceeded"):
                 raise AgentError(f"the model stopped with {message.stop_reason}", usage=tally.usage(settings))
             results: list[dict[str, Any]] = []
             tool_uses = [block for block in message.content if block.type == "tool_use"]
             for block in tool_uses:
+                tally.check_cancel(cancel, settings, what)
                 if message.stop_reason == "max_tokens":
                     results.append(
                         tool_result(
@@ -113,6 +117,6 @@ class ClaudeAgent:
             f"the model did not finish within {settings.max_edit_turns} turns", usage=tally.usage(settings)
         )
 
-    def propose_program(self, ctx: ProgramContext) -> ProgramProposal:
+    def propose_program(self, ctx: ProgramContext, cancel: threading.Event | None = None) -> ProgramProposal:
         """A new research-guidance section for program.md (the meta-proposal; see evolve.py)."""
-        return propose_program(self._api, ctx)
+        return propose_program(self._api, ctx, cancel)

@@ -10,6 +10,7 @@ as an is_error tool_result, never an exception.
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -105,7 +106,9 @@ def program_brief(ctx: ProgramContext, settings: AgentSettings) -> str:
     return "\n\n".join(parts)
 
 
-def propose_program(api: MessagesApi, ctx: ProgramContext) -> ProgramProposal:
+def propose_program(
+    api: MessagesApi, ctx: ProgramContext, cancel: threading.Event | None = None
+) -> ProgramProposal:
     """A new research-guidance section for program.md, or AgentError (with its usage) after the turns."""
     settings = api.settings
     system = [{"type": "text", "text": META_PROGRAM, "cache_control": {"type": "ephemeral"}}]
@@ -113,16 +116,18 @@ def propose_program(api: MessagesApi, ctx: ProgramContext) -> ProgramProposal:
         {"role": "user", "content": [{"type": "text", "text": program_brief(ctx, settings)}]}
     ]
     tally = Tally(model=settings.model)
+    what = "the program-evolution proposal"
     for turn in range(1, settings.max_edit_turns + 1):
-        message = api.call(system, messages, tally, tools=PROGRAM_TOOLS)
+        message = api.call(system, messages, tally, tools=PROGRAM_TOOLS, cancel=cancel, what=what)
         tally.add(message)
-        tally.check_caps(settings, "the program-evolution proposal")
+        tally.check_caps(settings, what)
         messages.append({"role": "assistant", "content": assistant_content(message)})
         if message.stop_reason in ("refusal", "model_context_window_exceeded"):
             raise AgentError(f"the model stopped with {message.stop_reason}", usage=tally.usage(settings))
         results: list[dict[str, Any]] = []
         tool_uses = [block for block in message.content if block.type == "tool_use"]
         for block in tool_uses:
+            tally.check_cancel(cancel, settings, what)
             try:
                 if block.name == "view_trial":
                     lookup = validate_input(block.name, block.input, _ViewTrialArgs)
