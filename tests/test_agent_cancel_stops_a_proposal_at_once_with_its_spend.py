@@ -10,6 +10,7 @@ Ctrl-C would wait for a slow API call or a minute-long backoff before a worker s
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.agents import api
 from harness.agents.base import AgentCancelled, AgentContext, AgentFatal, ProgramContext, TrialLookup
 from harness.agents.offline import OfflineAgent
 from harness.agents.replay import ReplayAgent
@@ -85,14 +87,31 @@ def test_a_cancel_cuts_a_slow_request_and_reports_the_completed_ones(server: Fak
     assert usage.cost_usd == pytest.approx(CALL_COST)
 
 
+class _BackoffStarts(logging.Handler):
+    """Sets `started` when the API layer logs that it is about to wait before a retry."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.started = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("Retrying"):
+            self.started.set()
+
+
 def test_a_cancel_during_a_retry_backoff_stops_at_once(server: FakeMessagesServer) -> None:
     server.error(529, "overloaded_error", "Overloaded")
     server.reply(tool_use_block("finish", {"description": "never asked for"}), usage=USAGE, model=MODEL)
     cancel = threading.Event()
-    set_at = set_when(cancel, lambda: len(server.message_requests()) == 1)
+    backoff = _BackoffStarts()
+    logging.getLogger(api.__name__).addHandler(backoff)
+    set_at = set_when(cancel, backoff.started.is_set)  # after the 529 came back: during the wait
 
-    with pytest.raises(AgentCancelled) as caught:  # the backoff alone would wait 30 s or more
-        agent(server, retry_base_s=30.0, retry_max_wait_s=60.0).propose(context(), cancel)
+    try:
+        with pytest.raises(AgentCancelled) as caught:  # the backoff alone would wait 30 s or more
+            agent(server, retry_base_s=30.0, retry_max_wait_s=60.0).propose(context(), cancel)
+    finally:
+        logging.getLogger(api.__name__).removeHandler(backoff)
 
     assert time.monotonic() - set_at[0] < PROMPT
     assert len(server.message_requests()) == 1  # no attempt after the backoff was cut
