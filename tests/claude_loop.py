@@ -17,11 +17,11 @@ import pytest
 
 from harness.agents import AgentSettings, ModelPrice
 from harness.agents.claude import ClaudeAgent
-from harness.agents.fake import FakeMessagesServer, tool_use_block
 from harness.config import RunConfig
 from harness.loop import ResearchLoop
 from sandbox.constants import TRAIN_LOG_FILE
 from sandbox.verdict import TrialSpec, Verdict
+from tests.agent_fakes import FakeMessagesServer, tool_use_block
 from tests.test_loop_fakes_honour_the_protocols import FakeSandbox, Sleeps, run_config
 
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")

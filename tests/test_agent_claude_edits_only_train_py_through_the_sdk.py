@@ -18,8 +18,8 @@ import pytest
 
 from harness.agents import AgentContext, AgentError, AgentSettings, ModelPrice
 from harness.agents.claude import ClaudeAgent
-from harness.agents.fake import FakeMessagesServer, text_block, tool_use_block
 from harness.agents.tools import TOOLS
+from tests.agent_fakes import FakeMessagesServer, text_block, tool_use_block
 
 TRAIN_PY = (Path(__file__).resolve().parents[1] / "train.py").read_text()
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")

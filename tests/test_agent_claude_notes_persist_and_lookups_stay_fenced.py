@@ -20,9 +20,9 @@ import pytest
 
 from harness.agents import AgentContext, AgentSettings, HistoryRow
 from harness.agents.base import NOTES_LIMIT
-from harness.agents.claude import history_table
-from harness.agents.fake import FakeMessagesServer, tool_use_block
+from harness.agents.brief import history_table
 from harness.records.chain import Ledger, verify
+from tests.agent_fakes import FakeMessagesServer, tool_use_block
 from tests.claude_loop import (
     INJECTION,
     MODEL,

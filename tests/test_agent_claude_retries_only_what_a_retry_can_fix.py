@@ -18,7 +18,7 @@ import pytest
 
 from harness.agents import AgentContext, AgentError, AgentFatal, AgentSettings, make_agent
 from harness.agents.claude import ClaudeAgent
-from harness.agents.fake import FakeMessagesServer, tool_use_block
+from tests.agent_fakes import FakeMessagesServer, tool_use_block
 
 TRAIN_PY = (Path(__file__).resolve().parents[1] / "train.py").read_text()
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")

@@ -11,7 +11,7 @@ import pytest
 
 from harness.agents import AgentContext, AgentError, AgentExhausted, AgentFatal, AgentSettings, Proposal
 from harness.agents.claude import ClaudeAgent
-from harness.agents.fake import FakeAnthropicClient, ScriptedAgent, message_json, tool_use_block
+from tests.agent_fakes import FakeAnthropicClient, ScriptedAgent, message_json, tool_use_block
 
 
 def context(index: int) -> AgentContext:

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.agents.fake import ScriptedAgent
 from harness.loop import ResearchLoop
 from sandbox.verdict import TrialSpec
+from tests.agent_fakes import ScriptedAgent
 from tests.test_canary_runs_after_the_baseline_and_every_n_candidates import (
     CanarySandbox,
     assert_records_agree,

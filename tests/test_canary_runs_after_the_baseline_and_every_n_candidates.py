@@ -25,7 +25,6 @@ import pytest
 from pydantic import ValidationError
 
 from harness import canary
-from harness.agents.fake import ScriptedAgent
 from harness.judge import replay
 from harness.loop import ResearchLoop
 from harness.records.chain import Ledger, verify
@@ -34,6 +33,7 @@ from harness.records.schemas import TrialPlan, TrialRecord
 from sandbox.constants import TRAIN_LOG_FILE, Decision, Status
 from sandbox.engine import trialdir
 from sandbox.verdict import TrialSpec, Verdict
+from tests.agent_fakes import ScriptedAgent
 from tests.test_loop_fakes_honour_the_protocols import FakeSandbox, Sleeps, run_config
 from tests.test_loop_resume_loses_and_duplicates_nothing import improving
 

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 
 import harness.loop_cmds as loop_cmds
-from harness.agents.fake import ScriptedAgent
 from harness.cli import main
 from harness.loop import IsolationBroken, LoopError, ResearchLoop
 from harness.report import load_run, render_markdown, status_text
 from sandbox.constants import Decision, ExitCode, Status
+from tests.agent_fakes import ScriptedAgent
 from tests.test_canary_runs_after_the_baseline_and_every_n_candidates import (
     CRASHED,
     OTHER_CHECK,

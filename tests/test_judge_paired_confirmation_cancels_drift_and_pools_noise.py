@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from harness.agents.fake import ScriptedAgent
 from harness.judge import (
     Action,
     Best,
@@ -33,6 +32,7 @@ from harness.judge_stats import pooled_noise, t_quantile
 from harness.loop import ResearchLoop
 from harness.records.chain import Ledger
 from sandbox.constants import Decision
+from tests.agent_fakes import ScriptedAgent
 from tests.test_loop_fakes_honour_the_protocols import FakeSandbox, Sleeps, edit, run_config, with_score
 
 SETTINGS = JudgeSettings(

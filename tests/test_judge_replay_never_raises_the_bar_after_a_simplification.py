@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from harness.agents.fake import ScriptedAgent
 from harness.judge import JudgedRow, JudgeSettings, judge, replay
 from harness.loop import ResearchLoop
 from harness.records.chain import Ledger
 from sandbox.constants import Decision
+from tests.agent_fakes import ScriptedAgent
 from tests.test_loop_fakes_honour_the_protocols import (
     FakeSandbox,
     Sleeps,

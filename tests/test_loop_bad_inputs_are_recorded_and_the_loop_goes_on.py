@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 
 from harness.agents.base import AgentError, AgentFatal, Proposal, Usage
-from harness.agents.fake import ScriptedAgent
 from harness.loop import (
     AgentGaveUp,
     BaselineFailed,
@@ -31,6 +30,7 @@ from harness.records.chain import Ledger
 from harness.records.schemas import TrialRecord
 from sandbox.constants import Decision, Status
 from sandbox.verdict import DataMissing
+from tests.agent_fakes import ScriptedAgent
 from tests.test_loop_fakes_honour_the_protocols import (
     START,
     FakeSandbox,

@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 
 import harness.loop_cmds as loop_cmds
-from harness.agents.fake import FakeMessagesServer
 from harness.cli import main
 from harness.loop import CapReached
 from harness.records.chain import Ledger, verify
 from harness.records.schemas import run_cost
 from harness.report import load_run, render_markdown, status_text
 from sandbox.constants import ExitCode
+from tests.agent_fakes import FakeMessagesServer
 from tests.claude_loop import (
     CALL_COST,
     MODEL,

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from harness.agents.base import Agent, AgentContext, Proposal
-from harness.agents.fake import ScriptedAgent
 from harness.config import RetrySettings, RunConfig
 from harness.judge import JudgeSettings
 from sandbox.compute import ComputeReport
@@ -26,6 +25,7 @@ from sandbox.engine import trialdir
 from sandbox.engine.backend import Sandbox
 from sandbox.engine.limits import Limits
 from sandbox.verdict import SandboxError, TrialSpec, Verdict, classify_starved
+from tests.agent_fakes import ScriptedAgent
 
 START = '''"""A stand-in train.py for the loop's tests: the fake sandbox reads SCORE and OUTCOME."""
 

@@ -20,10 +20,10 @@ import pytest
 import harness.agents
 import harness.loop_cmds as loop_cmds
 from harness.agents.base import Proposal
-from harness.agents.fake import ScriptedAgent
 from harness.cli import main
 from harness.records.chain import Ledger
 from sandbox.constants import ExitCode
+from tests.agent_fakes import ScriptedAgent
 from tests.test_loop_fakes_honour_the_protocols import PROGRAM, START, FakeSandbox, with_score
 
 FLAG = "--i-understand-local-runs-agent-code-unsandboxed"

@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 
 from harness import program as programs
-from harness.agents.claude import META_PROGRAM, PROGRAM_TOOLS
-from harness.agents.fake import FakeMessagesServer, tool_use_block
+from harness.agents.evolve import META_PROGRAM, PROGRAM_TOOLS
 from harness.records.chain import Ledger, verify
 from harness.records.lineage import Lineage
 from harness.report import load_run, render_markdown
 from sandbox.incontainer.fileio import sha256_file
+from tests.agent_fakes import FakeMessagesServer, tool_use_block
 from tests.claude_loop import MODEL, PROGRAM, USAGE, fake_server, proposal_requests, propose, results_of, run
 
 NEW_GUIDANCE = "Depth beat width so far: try depth 3 -> 4 next, then the warmdown."

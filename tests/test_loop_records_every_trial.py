@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from harness.agents.fake import ScriptedAgent
 from harness.cli import main
 from harness.loop import ResearchLoop
 from harness.records.chain import Ledger, verify
@@ -22,6 +21,7 @@ from harness.records.lineage import DISCARDED, PENDING, Lineage
 from harness.records.manifest import MANIFEST_FILE, manifest_for, manifest_text, tree_hashes
 from harness.records.results import HEADER
 from sandbox.constants import Decision, Status
+from tests.agent_fakes import ScriptedAgent
 from tests.test_loop_fakes_honour_the_protocols import (
     PEAK_BYTES,
     FakeSandbox,

@@ -22,7 +22,6 @@ from typing import Any
 import pytest
 
 from harness.agents.base import AgentContext, Proposal
-from harness.agents.fake import ScriptedAgent
 from harness.config import RunConfig
 from harness.loop import ResearchLoop
 from harness.records.chain import Ledger, verify
@@ -30,6 +29,7 @@ from harness.records.lineage import DISCARDED, ORPHANED, PENDING, Lineage
 from harness.records.results import ResultsFile, format_row
 from sandbox.constants import Decision
 from sandbox.verdict import TrialSpec
+from tests.agent_fakes import ScriptedAgent
 from tests.test_loop_fakes_honour_the_protocols import FakeSandbox, Sleeps, edit, run_config, with_score
 
 REPO = Path(__file__).resolve().parents[1]
@@ -184,7 +184,7 @@ CHILD = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from harness.agents.fake import ScriptedAgent
+    from tests.agent_fakes import ScriptedAgent
     from harness.loop import ResearchLoop
     from tests.test_loop_fakes_honour_the_protocols import FakeSandbox, run_config
     from tests.test_loop_resume_loses_and_duplicates_nothing import improving

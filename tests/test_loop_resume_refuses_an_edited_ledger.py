@@ -19,13 +19,13 @@ from pathlib import Path
 import pytest
 
 import harness.loop_cmds as loop_cmds
-from harness.agents.fake import ScriptedAgent
 from harness.cli import main
 from harness.config import RunConfig
 from harness.judge import JudgeSettings
 from harness.loop import LoopError, ResearchLoop
 from harness.records.chain import canonical, row_hash
 from sandbox.constants import ExitCode
+from tests.agent_fakes import ScriptedAgent
 from tests.test_loop_fakes_honour_the_protocols import (
     PROGRAM,
     START,

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from harness.agents.fake import ScriptedAgent
 from harness.config import RetrySettings
 from harness.loop import HostStarved, ResearchLoop
 from harness.records.chain import Ledger
 from harness.records.results import ResultsFile
 from harness.records.schemas import TrialRecord
 from sandbox.constants import VERDICT_FILE, Decision, Status
+from tests.agent_fakes import ScriptedAgent
 from tests.test_loop_fakes_honour_the_protocols import FakeSandbox, Sleeps, edit, run_config, with_score
 
 RETRIES = RetrySettings(

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.agents.fake import FakeMessagesServer, tool_use_block
 from harness.records.chain import Ledger, verify
 from harness.report import write_report
 from sandbox.constants import Decision
+from tests.agent_fakes import FakeMessagesServer, tool_use_block
 from tests.claude_loop import CALL_COST, INJECTION, MODEL, USAGE, fake_server, propose, run
 from tests.test_loop_fakes_honour_the_protocols import START
 

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from harness.agents.base import Proposal
-from harness.agents.fake import ScriptedAgent
 from harness.cli import main
 from harness.loop import ResearchLoop
 from harness.progress import LogProgress, RichProgress, make_progress
 from harness.records.chain import Ledger
 from harness.report import load_run, render_markdown, status_text, write_report
 from harness.report_plot import plot_progress
+from tests.agent_fakes import ScriptedAgent
 from tests.test_loop_fakes_honour_the_protocols import (
     FakeSandbox,
     Sleeps,

@@ -22,11 +22,11 @@ from pathlib import Path
 import pytest
 
 from harness.agents.base import AgentContext, Proposal
-from harness.agents.fake import ScriptedAgent
 from harness.loop import CONFIRM_SUFFIX, ResearchLoop
 from harness.records.lineage import SUPERSEDED, Lineage
 from sandbox.constants import Decision
 from sandbox.verdict import TrialSpec
+from tests.agent_fakes import ScriptedAgent
 from tests.test_loop_fakes_honour_the_protocols import Sleeps, edit, with_score
 from tests.workers_fakes import (
     RecordingSandbox,

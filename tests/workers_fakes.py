@@ -12,7 +12,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from harness.agents.fake import ScriptedAgent
 from harness.config import RunConfig
 from harness.judge import replay
 from harness.records.chain import Ledger, verify
@@ -22,6 +21,7 @@ from harness.records.schemas import TrialRecord
 from sandbox.constants import Decision
 from sandbox.engine.gpu import CpuSetLeases
 from sandbox.verdict import TrialSpec, Verdict
+from tests.agent_fakes import ScriptedAgent
 from tests.test_loop_fakes_honour_the_protocols import FakeSandbox, edit, run_config, with_score
 
 WAIT_S = 30.0  # a test that waits this long for an event has failed (never a timing threshold)

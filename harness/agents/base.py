@@ -8,6 +8,10 @@ Beyond train.py, an agent may keep research notes (`AgentContext.notes`, returne
 at most NOTES_LIMIT bytes), look up a past trial through `AgentContext.view_trial` (a callable the
 loop supplies: a `TrialLookup`, or None for an id it does not know), and, if it implements
 `ProgramEditor`, propose a new research-guidance section for program.md (`ProgramProposal`).
+
+Cancellation is by event: `propose(ctx, cancel)` and `propose_program(ctx, cancel)` take a
+`threading.Event`; once it is set the agent raises AgentCancelled (with what it spent) at its next
+check instead of going on.
 """
 
 from __future__ import annotations
@@ -171,7 +175,15 @@ class ProgramProposal(BaseModel):
 class ProgramEditor(Protocol):
     """An agent that can also propose a new research-guidance section for program.md."""
 
-    def propose_program(self, ctx: ProgramContext) -> ProgramProposal: ...
+    def propose_program(
+        self, ctx: ProgramContext, cancel: threading.Event | None = None
+    ) -> ProgramProposal: ...
+
+
+def raise_if_cancelled(cancel: threading.Event | None, what: str, usage: Usage | None = None) -> None:
+    """Raise AgentCancelled ("{what} was cancelled", carrying `usage`) when `cancel` is set."""
+    if cancel is not None and cancel.is_set():
+        raise AgentCancelled(f"{what} was cancelled", usage=usage or Usage())
 
 
 NOTES_LIMIT = 8 * 1024  # bytes of UTF-8

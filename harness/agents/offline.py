@@ -34,7 +34,15 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
-from harness.agents.base import AgentContext, AgentError, AgentFatal, HistoryRow, Proposal, Usage
+from harness.agents.base import (
+    AgentContext,
+    AgentError,
+    AgentFatal,
+    HistoryRow,
+    Proposal,
+    Usage,
+    raise_if_cancelled,
+)
 from harness.agents.config import AgentSettings
 from harness.agents.knobs import Knob, Number, apply_edits, describe_number, find_knobs, format_number
 
@@ -236,6 +244,7 @@ class OfflineAgent:
         self.settings = settings or AgentSettings()
 
     def propose(self, ctx: AgentContext, cancel: threading.Event | None = None) -> Proposal:
+        raise_if_cancelled(cancel, f"the proposal for trial {ctx.trial_index}")
         try:
             found = find_knobs(ctx.train_py, ctx.profile)
         except SyntaxError as exc:

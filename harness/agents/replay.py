@@ -20,7 +20,7 @@ import re
 import threading
 from pathlib import Path
 
-from harness.agents.base import AgentContext, AgentExhausted, AgentFatal, Proposal, Usage
+from harness.agents.base import AgentContext, AgentExhausted, AgentFatal, Proposal, Usage, raise_if_cancelled
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ class ReplayAgent:
         return len(self.files) - self.position
 
     def propose(self, ctx: AgentContext, cancel: threading.Event | None = None) -> Proposal:
+        raise_if_cancelled(cancel, f"the proposal for trial {ctx.trial_index}")
         if ctx.trial_index > self.position:  # a resumed run: those files were played and recorded
             logger.info(
                 "replay resumes at file %d (the run holds %d candidates)",

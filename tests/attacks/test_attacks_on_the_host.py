@@ -26,7 +26,7 @@ import pytest
 
 from harness.agents import AgentContext, AgentSettings, LastTrial
 from harness.agents.base import LOG_TAIL_LIMIT
-from harness.agents.claude import brief
+from harness.agents.brief import brief
 from harness.loop import read_tail
 from sandbox import constants as C
 from sandbox.engine.docker_config import OUTPUT_MAX_INODES

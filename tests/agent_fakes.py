@@ -8,8 +8,9 @@
   `ClaudeAgent(settings, client=...)`.
 - `FakeMessagesServer`: a local HTTP server speaking the Messages API's JSON (`POST /v1/messages`),
   for driving the REAL SDK, so retries, status codes and headers go through the code that production
-  runs. It replies from a queue; with the queue empty it answers 400 (never retried), so a test that
-  asks for more than it scripted fails fast instead of retrying.
+  runs. It replies from a queue, each reply after an optional delay (a slow API, to cancel into);
+  with the queue empty it answers 400 (never retried), so a test that asks for more than it scripted
+  fails fast instead of retrying.
 
 `text_block`, `tool_use_block` and `message_json` build the reply bodies both fakes use.
 """
@@ -30,7 +31,7 @@ from typing import Any
 
 from anthropic.types import Message
 
-from harness.agents.base import AgentContext, AgentExhausted, Proposal
+from harness.agents.base import AgentContext, AgentExhausted, Proposal, raise_if_cancelled
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,8 @@ _ids = itertools.count(1)
 
 
 class ScriptedAgent:
-    """Plays `script` one step per `propose`; records the contexts in `calls`."""
+    """Plays `script` one step per `propose`; records the contexts in `calls`. A set cancel event
+    raises AgentCancelled at entry, as the real agents do, and consumes no step."""
 
     name = "scripted"
 
@@ -51,6 +53,7 @@ class ScriptedAgent:
         self._script.extend(steps)
 
     def propose(self, ctx: AgentContext, cancel: threading.Event | None = None) -> Proposal:
+        raise_if_cancelled(cancel, f"the proposal for trial {ctx.trial_index}")
         self.calls.append(ctx)
         if not self._script:
             raise AgentExhausted(f"the script is done after {len(self.calls) - 1} proposals")
@@ -138,6 +141,7 @@ class _Reply:
     status: int
     body: dict[str, Any]
     headers: dict[str, str]
+    delay_s: float = 0.0
 
 
 class _Server(ThreadingHTTPServer):
@@ -157,6 +161,8 @@ class _Handler(BaseHTTPRequestHandler):
             body = raw.decode("utf-8", "replace")
         headers = {name.lower(): value for name, value in self.headers.items()}
         reply = self.server.fake._take(RecordedRequest("POST", self.path, headers, body))
+        if self.server.fake._closing.wait(reply.delay_s):
+            return  # the server is shutting down: drop the connection unanswered
         payload = json.dumps(reply.body).encode()
         self.send_response(reply.status)
         self.send_header("content-type", "application/json")
@@ -177,6 +183,7 @@ class FakeMessagesServer:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._replies: deque[_Reply] = deque()
+        self._closing = threading.Event()
         self.requests: list[RecordedRequest] = []
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.fake = self
@@ -199,13 +206,22 @@ class FakeMessagesServer:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        self._closing.set()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
 
-    def enqueue(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+    def enqueue(
+        self,
+        status: int,
+        body: dict[str, Any],
+        headers: dict[str, str] | None = None,
+        *,
+        delay_s: float = 0.0,
+    ) -> None:
+        """Queue a reply, sent `delay_s` after its request arrives."""
         with self._lock:
-            self._replies.append(_Reply(status, body, dict(headers or {})))
+            self._replies.append(_Reply(status, body, dict(headers or {}), delay_s))
 
     def reply(
         self,
@@ -214,10 +230,11 @@ class FakeMessagesServer:
         usage: dict[str, int] | None = None,
         model: str = "claude-fake",
         headers: dict[str, str] | None = None,
+        delay_s: float = 0.0,
     ) -> None:
         """Queue a 200 Message made of `content` blocks."""
         body = message_json(list(content), stop_reason=stop_reason, usage=usage, model=model)
-        self.enqueue(200, body, headers)
+        self.enqueue(200, body, headers, delay_s=delay_s)
 
     def error(
         self,
