@@ -134,7 +134,7 @@ def _gpu_lease(
 ) -> Iterator[tuple[str, ...]]:
     """The GPU ids for this session: the configured ones, or one leased device for the gpu profile.
 
-    With several workers each leases its own (harness/workers.py), so none is leased here."""
+    With several workers each leases its own (harness/loop/pool.py), so none is leased here."""
     if configured or profile != "gpu" or workers > 1:
         yield configured
         return
