@@ -83,7 +83,7 @@ def seat_limits(limits: Limits, lease: Lease) -> tuple[Limits, tuple[str, ...] |
 
 @dataclass
 class _Outcome:
-    kind: str  # "stop" | "halted" | "interrupted" | "error"
+    kind: str  # "stop" | "halted" | "cancelled" | "error"
     reason: str
     error: BaseException | None = None
 
@@ -198,12 +198,12 @@ class Pool:
         if errors:
             raise errors[0]
         stops = [o.reason for o in ended if o.kind == "stop"]
-        return stops[0] if stops else "; ".join(o.reason for o in ended) or "no worker ran"
+        return stops[0] if stops else "; ".join(dict.fromkeys(o.reason for o in ended)) or "no worker ran"
 
     # ------------------------------------------------------------------ one worker
 
     def _work(self, k: int, seat: Seat, lease: Lease | None) -> None:
-        outcome = _Outcome("interrupted", "interrupted")
+        outcome = _Outcome("cancelled", "cancelled")
         try:
             while True:
                 self.ctx.check_cancelled()
@@ -214,7 +214,7 @@ class Pool:
                     self.scheduler.release(token)
         except Cancelled as cancelled:
             logger.info("worker %d stopped: %s", k, cancelled)
-            outcome = _Outcome("interrupted", "interrupted")
+            outcome = _Outcome("cancelled", "cancelled")
         except Halted as halted:
             outcome = _Outcome("halted", str(halted))
         except StopRun as stop:
