@@ -68,7 +68,9 @@ class FakeSandbox:
         self.starve = starve  # starve(k): the k-th call (from 0) comes back starved
         self.drift = drift  # drift(k): what the host adds to the k-th call's score (it sped up: < 0)
         self.calls: list[TrialSpec] = []
-        self.cancel: threading.Event | None = None  # the event the last call was given (on_run may wait on it)
+        self.cancel: threading.Event | None = (
+            None  # the event the last call was given (on_run may wait on it)
+        )
 
     def run_trial(self, spec: TrialSpec, cancel: threading.Event | None = None) -> Verdict:
         self.calls.append(spec)

@@ -28,7 +28,7 @@ from harness.agents.fake import ScriptedAgent
 from harness.ledger import Ledger
 from harness.loop import ResearchLoop
 from harness.results import ResultsFile
-from sandbox.verdict import SandboxError, TrialSpec
+from sandbox.verdict import TrialSpec
 from tests.test_loop_fakes_honour_the_protocols import FakeSandbox, Sleeps, run_config
 from tests.workers_fakes import WAIT_S, RecordingSandbox, assert_records_agree, leases_for, scored, wait_until
 
