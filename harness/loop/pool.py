@@ -176,6 +176,8 @@ class Pool:
             while any(t.is_alive() for t in threads):
                 self._finished.wait(0.5)
                 self._finished.clear()
+                if self.ctx.cancel.is_set():  # cancelled from outside: wake the workers waiting for a claim
+                    self.scheduler.halt("cancelled")
         except KeyboardInterrupt:
             alive = sum(t.is_alive() for t in threads)
             logger.warning("interrupted: stopping %d running worker(s)", alive)
