@@ -33,6 +33,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -171,13 +172,24 @@ def check(verdict: Verdict, trial_dir: Path, source: Path) -> CanaryCheck:
     )
 
 
-def decide(verdict: Verdict) -> tuple[Status, Decision, str, float | None, dict[str, Any] | None]:
-    """(status, decision, reason, val_bpb, judgement) of a canary row: never judged."""
+@dataclass(frozen=True)
+class CanaryOutcome:
+    """What a canary's row says: the verdict's status and score, and why it passed or failed. A canary
+    is never judged: its decision is always `canary`."""
+
+    status: Status
+    reason: str
+    val_bpb: float | None = None
+    decision: Decision = Decision.CANARY
+
+
+def decide(verdict: Verdict) -> CanaryOutcome:
+    """The outcome of a canary row: never judged."""
     if passed(verdict):
         reason = f"canary passed: {got(verdict)}, as it must be ({verdict.reason})"
     else:
         reason = f"CANARY FAILED: expected {EXPECTED}, got {got(verdict)}: the isolation or the evaluator is broken"
-    return verdict.status, Decision.CANARY, reason, verdict.val_bpb, None
+    return CanaryOutcome(verdict.status, reason, verdict.val_bpb)
 
 
 # --------------------------------------------------------------------------- when it fails

@@ -134,7 +134,7 @@ def _gpu_lease(
 ) -> Iterator[tuple[str, ...]]:
     """The GPU ids for this session: the configured ones, or one leased device for the gpu profile.
 
-    With several workers each leases its own (harness/workers.py), so none is leased here."""
+    With several workers each leases its own (harness/loop/pool.py), so none is leased here."""
     if configured or profile != "gpu" or workers > 1:
         yield configured
         return
@@ -404,7 +404,8 @@ def _cluster_seats(address: str | None) -> Any:
 
 
 def _write_report_quietly(run_dir: Path) -> None:
-    from harness.report import ReportError, write_report
+    from harness.report import write_report
+    from harness.run_view import ReportError
 
     try:
         png, md = write_report(run_dir)
@@ -433,7 +434,8 @@ def _run_dir(given: Path | None) -> Path:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from harness.report import ReportError, status_text
+    from harness.report import status_text
+    from harness.run_view import ReportError
 
     try:
         print(status_text(_run_dir(args.dir)))
@@ -444,7 +446,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from harness.report import ReportError, write_report
+    from harness.report import write_report
+    from harness.run_view import ReportError
 
     try:
         png, md = write_report(_run_dir(args.dir))

@@ -20,81 +20,24 @@ import logging
 import os
 import socket
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.agents.base import Usage
 from harness.agents.config import DEFAULT_PRICES_AS_OF
 from harness.config import RunPaths
-from harness.judge import JudgeSettings, JudgeState, replay
-from harness.records.chain import Ledger, VerifyResult, verify
-from harness.records.schemas import NON_TRIAL_KINDS, ProgramRecord, TrialRecord, run_cost
+from harness.judge import JudgeSettings
+from harness.records.schemas import TrialRecord
+from harness.report_plot import plot_progress
+from harness.run_view import RunView, load_run, shorten
 from sandbox.constants import Decision
 
 logger = logging.getLogger(__name__)
 
 RECENT = 10
-DESCRIPTION_WIDTH = 60
-
-
-class ReportError(Exception):
-    """The folder is not a run folder (no ledger)."""
-
-
-@dataclass(frozen=True)
-class RunView:
-    """A run folder as read for reporting."""
-
-    paths: RunPaths
-    meta: dict[str, Any]
-    records: list[TrialRecord]
-    check: VerifyResult
-    states: list[JudgeState]  # the judge's state after each record
-    programs: list[ProgramRecord] = field(default_factory=list)  # program-evolution steps
-    cost: Usage = field(default_factory=Usage)  # the agent's, over every verified row
-
-    @property
-    def state(self) -> JudgeState:
-        return self.states[-1] if self.states else JudgeState()
-
-
-def load_run(run_dir: Path) -> RunView:
-    paths = RunPaths(run_dir)
-    if not paths.ledger.exists():
-        raise ReportError(f"{run_dir} has no ledger.jsonl: not a run folder, or no trial has finished yet")
-    meta: dict[str, Any] = {}
-    if paths.run_json.exists():
-        meta = json.loads(paths.run_json.read_text(encoding="utf-8"))
-    check = verify(paths.ledger)
-    # Only the rows that verify: whatever follows an edited row cannot be vouched for.
-    rows = Ledger(paths.ledger).rows()[: check.rows] if check.ok else _verified(paths, check)
-    records = [TrialRecord.model_validate(row) for row in rows if row.get("kind") not in NON_TRIAL_KINDS]
-    programs = [ProgramRecord.model_validate(row) for row in rows if row.get("kind") == "program"]
-    settings = JudgeSettings.model_validate(meta.get("judge", {}))
-    states = [replay((r.judged() for r in records[: i + 1]), settings) for i in range(len(records))]
-    return RunView(
-        paths=paths,
-        meta=meta,
-        records=records,
-        check=check,
-        states=states,
-        programs=programs,
-        cost=run_cost(rows),
-    )
-
-
-def _verified(paths: RunPaths, check: VerifyResult) -> list[dict[str, Any]]:
-    lines = paths.ledger.read_bytes().split(b"\n")[: check.rows]
-    return [json.loads(line) for line in lines]
 
 
 def _val(value: float | None) -> str:
     return f"{value:.6f}" if value is not None else "-"
-
-
-def shorten(text: str, width: int = DESCRIPTION_WIDTH) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _owner(paths: RunPaths) -> str:
@@ -400,7 +343,6 @@ def _md(text: str) -> str:
 
 def write_report(run_dir: Path) -> tuple[Path, Path]:
     """Write progress.png and report.md into the run folder; returns their paths."""
-    from harness.report_plot import plot_progress  # matplotlib's module, loaded only to draw
 
     view = load_run(run_dir)
     png = plot_progress(view, view.paths.progress_png)

@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from harness.report import RunView, shorten
+from harness.run_view import RunView, shorten
 from sandbox.constants import Decision
 
 logger = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ from sandbox.constants import TRAIN_LOG_FILE, VERDICT_FILE, Status
 from sandbox.engine import trialdir
 from sandbox.engine.backend import Sandbox
 from sandbox.engine.limits import Limits
-from sandbox.verdict import SandboxError, TrialSpec, Verdict, classify_starved
+from sandbox.verdict import SandboxError, TrialCancelled, TrialSpec, Verdict, classify_starved
 from tests.agent_fakes import ScriptedAgent
 
 START = '''"""A stand-in train.py for the loop's tests: the fake sandbox reads SCORE and OUTCOME."""
@@ -68,11 +68,17 @@ class FakeSandbox:
         self.starve = starve  # starve(k): the k-th call (from 0) comes back starved
         self.drift = drift  # drift(k): what the host adds to the k-th call's score (it sped up: < 0)
         self.calls: list[TrialSpec] = []
+        self.cancel: threading.Event | None = (
+            None  # the event the last call was given (on_run may wait on it)
+        )
 
     def run_trial(self, spec: TrialSpec, cancel: threading.Event | None = None) -> Verdict:
         self.calls.append(spec)
+        self.cancel = cancel
         if self.on_run is not None:
             self.on_run(spec)
+        if cancel is not None and cancel.is_set():  # as a real engine: a cancelled trial has no verdict
+            raise TrialCancelled(f"{spec.trial_id} cancelled")
         if self.infra_failures > 0:
             self.infra_failures -= 1
             raise SandboxError("the fake engine hiccupped")

@@ -11,7 +11,7 @@ finishes the run with nothing lost and nothing duplicated:
   either re-used by the re-run trial (the default: the trial folder has a `trial.json`, so it is
   run again with the same id and its partial output set aside under `interrupted/`) or, once the
   trial has used up `retries.trial_starts`, abandoned under `refs/autoresearch/orphaned/` while a
-  new trial id takes its place (ids are never reused) -- as harness/loop.py documents.
+  new trial id takes its place (ids are never reused) -- as harness/loop/startup.py documents.
 
 Everything is driven through the real CLI in subprocesses (the property is about a real process
 dying, its flock released by the kernel, its containers left running). Containers and volumes are

@@ -3,12 +3,14 @@
 - A worker whose trial raises (a bug, not a verdict) releases its lease at once, while the other
   worker is still running; the other finishes its trial, which is recorded, then the run raises the
   error (the loop's error policy: an unexpected exception stops the run).
-- Ctrl-C / SIGTERM while both workers are inside a trial interrupts both at once: their sandboxes
-  clean up, both leases are released, neither trial gets a ledger row, the ledger verifies, and the
-  next `run` (with two workers again) re-runs both and finishes the plan exactly.
+- Ctrl-C / SIGTERM while both workers are inside a trial cancels both at once (the run's cancel
+  event reaches both sandboxes): their sandboxes clean up, both leases are released, neither trial
+  gets a ledger row, the ledger verifies, and the next `run` (with two workers again) re-runs both
+  and finishes the plan exactly.
 
 Without the release in the worker's `finally` the first test times out waiting for the table to
-drop the crashed worker's lease; without the interruption the second hangs in the blocked trials.
+drop the crashed worker's lease; without the cancel event the second hangs in the blocked trials
+until their gates time out (and fails: the trials end in an error, not a cancellation).
 """
 
 from __future__ import annotations
@@ -75,13 +77,13 @@ def test_sigterm_interrupts_every_worker_and_the_run_resumes(tmp_path: Path) -> 
     leases = leases_for(tmp_path, 2)
     config = workers_config(tmp_path, 2, max_trials=4)
     inside = threading.Barrier(2, timeout=WAIT_S)
-    never = threading.Event()
 
     def gate(spec: TrialSpec) -> None:
         if is_candidate(spec, 0.95) or is_candidate(spec, 1.5):
             if inside.wait() == 0:  # both workers are inside a trial: stop the controller
                 os.kill(os.getpid(), signal.SIGTERM)
-            wait_until(never.is_set, "an interruption")  # a trial that would never end by itself
+            # a trial that would never end by itself: it ends when the run is cancelled
+            wait_until(sandbox.cancels[spec.trial_id].is_set, "the cancel event")
 
     sandbox = RecordingSandbox(gate)
     with pytest.raises(KeyboardInterrupt):
@@ -90,6 +92,7 @@ def test_sigterm_interrupts_every_worker_and_the_run_resumes(tmp_path: Path) -> 
     assert leases.holders() == {}
     interrupted = [s.trial_id for s in sandbox.specs if is_candidate(s, 0.95) or is_candidate(s, 1.5)]
     assert len(interrupted) == 2 and sorted(sandbox.finished[-2:]) == sorted(interrupted)
+    assert sorted(sandbox.cancelled) == sorted(interrupted), "both trials ended by the cancel event"
     run_dir = config.run_dir
     assert not ledger_has(run_dir, lambda r: r.trial_id in interrupted)
     assert Ledger(run_dir / "ledger.jsonl").verify().ok

@@ -3,8 +3,9 @@ containers (holder, TRAIN, EVAL) on its own cpuset, and SIGTERM stops both worke
 controller exits 130, every container and volume it created is removed, both leases are back in
 the table, and no ledger row was written for the interrupted trials (the next `run` re-runs them).
 
-Without the interruption of the worker threads (harness/interrupts.py) the controller would wait
-for both trials to end by themselves, or, if it just exited, leave their containers running.
+Without the run's cancel event reaching the engine (`Sandbox.run_trial(spec, cancel)`, set by the
+main thread on SIGTERM, harness/loop/pool.py) the controller would wait for both trials to end by
+themselves, or, if it just exited, leave their containers running.
 """
 
 from __future__ import annotations

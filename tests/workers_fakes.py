@@ -20,7 +20,7 @@ from harness.records.results import ResultsFile, format_row, rows_for
 from harness.records.schemas import TrialRecord
 from sandbox.constants import Decision
 from sandbox.engine.gpu import CpuSetLeases
-from sandbox.verdict import TrialSpec, Verdict
+from sandbox.verdict import TrialCancelled, TrialSpec, Verdict
 from tests.agent_fakes import ScriptedAgent
 from tests.test_loop_fakes_honour_the_protocols import FakeSandbox, edit, run_config, with_score
 
@@ -49,7 +49,10 @@ class RecordingSandbox:
     """Wraps FakeSandbox; records, under a lock, which lease every running trial holds.
 
     `gate(spec)` runs inside the trial (before the fake verdict) in the worker's thread: tests block
-    it on events to build races. A lease held by two running trials at once is a clash.
+    it on events to build races (a gate that must end when the run is cancelled waits on
+    `cancels[spec.trial_id]`). A lease held by two running trials at once is a clash. Like a real
+    engine it honours the cancel event: a trial cancelled before or during its run raises
+    TrialCancelled.
     """
 
     name = "fake"
@@ -69,6 +72,8 @@ class RecordingSandbox:
         self.most_at_once = 0
         self.specs: list[TrialSpec] = []
         self.finished: list[str] = []  # trials whose run_trial returned or raised (cleanup ran)
+        self.cancels: dict[str, threading.Event] = {}  # sandbox trial id -> the event it was given
+        self.cancelled: list[str] = []  # trials that ended because their cancel event was set
 
     def run_trial(self, spec: TrialSpec, cancel: threading.Event | None = None) -> Verdict:
         lease = lease_of(spec)
@@ -79,10 +84,15 @@ class RecordingSandbox:
                     self.clashes.append((spec.trial_id, other, lease))
             self.running[spec.trial_id] = lease
             self.most_at_once = max(self.most_at_once, len(self.running))
+            self.cancels[spec.trial_id] = cancel if cancel is not None else threading.Event()
         try:
             if self.gate is not None:
                 self.gate(spec)
-            return self.inner.run_trial(spec)
+            return self.inner.run_trial(spec, cancel)
+        except TrialCancelled:
+            with self.lock:
+                self.cancelled.append(spec.trial_id)
+            raise
         finally:
             with self.lock:
                 del self.running[spec.trial_id]
@@ -90,7 +100,7 @@ class RecordingSandbox:
 
 
 def wait_until(condition: Callable[[], bool], what: str, *, poll_s: float = 0.01) -> None:
-    """Poll `condition` in short sleeps (so an interruption lands promptly); fail after WAIT_S."""
+    """Poll `condition` in short sleeps; fail after WAIT_S."""
     deadline = time.monotonic() + WAIT_S
     while not condition():
         if time.monotonic() > deadline:
