@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness.ledger import CanaryCheck, RunRecord, TrialPlan, TrialRecord
 
 from harness.config import RunConfig
 from harness.loop import CapReached, InvalidStreak
@@ -37,6 +36,7 @@ from harness.loop.scheduler import (
     Wait,
     next_step,
 )
+from harness.records.schemas import CanaryCheck, RunRecord, TrialPlan, TrialRecord
 from sandbox.constants import Decision, Status
 from tests.test_loop_fakes_honour_the_protocols import run_config
 

@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness.agents.fake import ScriptedAgent
-from harness.ledger import Ledger
-from harness.results import ResultsFile
 
 from harness.agents.base import AgentCancelled, AgentContext, Proposal, Usage
 from harness.loop import ResearchLoop
+from harness.records.chain import Ledger
+from harness.records.results import ResultsFile
 from sandbox.verdict import TrialSpec
+from tests.agent_fakes import ScriptedAgent
 from tests.test_loop_fakes_honour_the_protocols import FakeSandbox, Sleeps, run_config
 from tests.workers_fakes import WAIT_S, RecordingSandbox, assert_records_agree, leases_for, scored, wait_until
 
