@@ -55,7 +55,7 @@ def row(
         kind=kind,  # type: ignore[arg-type]
         worker="w",
         parent_commit=None,
-        candidate_commit=f"c{trial_id}",
+        candidate_commit=None if kind == "canary" else f"c{trial_id}",
         status=Status.OK,
         decision=decision,
         reason="",
