@@ -39,7 +39,8 @@ from sandbox.cluster.node import ENV_NODE_CPUSET
 
 logger = logging.getLogger(__name__)
 
-RAY = str(Path(sys.executable).with_name("ray"))
+# The `ray` CLI of this interpreter's environment (a venv's bin/), else the one on PATH.
+RAY = str(Path(sys.executable).with_name("ray")) if Path(sys.executable).with_name("ray").exists() else "ray"
 DEFAULT_HOST = "127.0.0.1"
 OBJECT_STORE_BYTES = 100_000_000  # Ray's default is 30% of RAM; trials move kilobytes
 START_TIMEOUT_S = 120
