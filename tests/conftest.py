@@ -16,10 +16,10 @@ import pytest
 if TYPE_CHECKING:
     import docker
 
+    from sandbox.cluster.local import LocalCluster
     from sandbox.engine.docker import DockerSandbox
     from sandbox.preflight.facts import PreflightResult
     from sandbox.verdict import TrialSpec
-    from sandbox.cluster.local import LocalCluster
 
 
 @pytest.fixture(scope="session")

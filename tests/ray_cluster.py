@@ -18,7 +18,15 @@ from sandbox.engine.limits import Limits
 from sandbox.verdict import TrialSpec, Verdict
 from tests.test_loop_fakes_honour_the_protocols import FakeSandbox
 
-__all__ = ["ENV_FAKE_IMAGE", "FAKE_IMAGE", "FakeNodeRunner", "LocalCluster", "marks", "start_cluster", "use_token"]
+__all__ = [
+    "ENV_FAKE_IMAGE",
+    "FAKE_IMAGE",
+    "FakeNodeRunner",
+    "LocalCluster",
+    "marks",
+    "start_cluster",
+    "use_token",
+]
 
 ENV_FAKE_IMAGE = "AUTORESEARCH_FAKE_IMAGE"  # the image id a FakeNodeRunner on this node reports
 FAKE_IMAGE = "sha256:" + "f" * 64

@@ -94,7 +94,9 @@ def test_every_ray_start_gets_token_auth(tmp_path: Path, monkeypatch: pytest.Mon
     assert state["nodes"] == {"node-0": "ab" * 28} and state["host"] == "127.0.0.1"
 
 
-def test_start_refuses_a_root_that_holds_a_cluster(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_start_refuses_a_root_that_holds_a_cluster(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / local.STATE_FILE).write_text("{}")
     assert local.main(["start", str(tmp_path), "2"]) == 1
     assert "stop it first" in capsys.readouterr().err

@@ -259,12 +259,16 @@ def start_cluster(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sandbox.cluster.local", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m sandbox.cluster.local", description=__doc__.split("\n")[0]
+    )
     sub = parser.add_subparsers(dest="cmd", required=True)
     start = sub.add_parser("start", help="start a head and NODES worker nodes; print the address")
     start.add_argument("root", type=Path, help="folder for the token, Ray's temp folder and cluster.json")
     start.add_argument("nodes", type=int)
-    start.add_argument("--host", default=DEFAULT_HOST, help="the address every node binds (default: loopback)")
+    start.add_argument(
+        "--host", default=DEFAULT_HOST, help="the address every node binds (default: loopback)"
+    )
     stop = sub.add_parser("stop", help="end every process of the cluster in ROOT, by pid")
     stop.add_argument("root", type=Path)
     args = parser.parse_args(argv)
