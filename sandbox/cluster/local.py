@@ -188,16 +188,30 @@ class LocalCluster:
         (self.root / STATE_FILE).write_text(json.dumps(state, indent=2), encoding="utf-8")
 
     def pids(self, needle: str | None = None) -> list[int]:
-        """Processes of this cluster (their command line names its temp folder), optionally only
-        those whose command line also contains `needle`."""
-        mine: list[int] = []
+        """Processes of this cluster: those whose command line names its temp folder and their
+        descendants (Ray's agents and workers retitle themselves `ray::...`); with `needle`, only
+        the named ones whose command line also contains it."""
+        named: set[int] = set()
+        parents: dict[int, int] = {}
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit() or int(entry.name) == os.getpid():
                 continue
-            cmd = _cmdline(int(entry.name))
+            pid = int(entry.name)
+            cmd = _cmdline(pid)
             if str(self.temp_dir) in cmd and (needle is None or needle in cmd):
-                mine.append(int(entry.name))
-        return mine
+                named.add(pid)
+            try:
+                parents[pid] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+        if needle is not None:
+            return sorted(named)
+        mine, grew = set(named), True
+        while grew:
+            more = {pid for pid, ppid in parents.items() if ppid in mine and pid not in mine}
+            mine |= more
+            grew = bool(more)
+        return sorted(mine)
 
     def kill_node(self, name: str) -> list[int]:
         """SIGKILL a worker node's raylet (the node is lost, as when its host dies); the pids killed."""
