@@ -114,16 +114,17 @@ lint: install
 clean:
 	rm -rf .build
 
-# A Ray cluster on this host for trying `harness run --ray` (tests/ray_cluster.py does the work and
+# A Ray cluster on this host for trying `harness run --ray` (sandbox/cluster/local.py does the work and
 # stops it by pid; its state, token and Ray's temp folder live in RAY_ROOT).
 NODES ?= 2
 RAY_ROOT ?= /tmp/autoresearch-ray-$(shell id -u)
+RAY_HOST ?= 127.0.0.1
 ray-local: install
 	@if [ -f $(RAY_ROOT)/cluster.json ]; then echo "a cluster state is in $(RAY_ROOT): make ray-stop first"; exit 1; fi
-	$(PY) -m tests.ray_cluster start $(RAY_ROOT) $(NODES)
+	$(PY) -m sandbox.cluster.local start $(RAY_ROOT) $(NODES) --host $(RAY_HOST)
 
 ray-stop:
-	@if [ -d $(RAY_ROOT) ]; then $(PY) -m tests.ray_cluster stop $(RAY_ROOT) && rm -rf $(RAY_ROOT); else echo "no cluster in $(RAY_ROOT)"; fi
+	@if [ -d $(RAY_ROOT) ]; then $(PY) -m sandbox.cluster.local stop $(RAY_ROOT) && rm -rf $(RAY_ROOT); else echo "no cluster in $(RAY_ROOT)"; fi
 
 ci:
 	CI=true .ci/run

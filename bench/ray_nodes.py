@@ -2,7 +2,7 @@
 worker nodes on this host, each node with its own cpuset (`--cpus-per-worker` CPUs), next to the
 `--workers` configurations on one host.
 
-A local cluster is started once (tests/ray_cluster.py: a head with no trial slots, one worker node
+A local cluster is started once (sandbox/cluster/local.py, as `make ray-local`: a head with no trial slots, one worker node
 per CPU set, token authentication, no dashboard) and stopped, by pid, at the end. The configuration
 with k nodes runs k workers and a `RaySandbox` restricted to the first k nodes, so the only
 difference from `--workers k` on one host is the dispatch: Ray, the node task, the tar of the trial
@@ -25,7 +25,9 @@ from sandbox import constants as C
 
 @contextmanager
 def local_cluster(nodes: int, cpus: Sequence[int], cpus_per_node: int) -> Iterator[Any]:
-    from tests.ray_cluster import LocalCluster, remove_root, start_cluster
+    import shutil
+
+    from sandbox.cluster.local import LocalCluster, start_cluster
 
     cpusets = [
         ",".join(str(c) for c in cpus[k * cpus_per_node : (k + 1) * cpus_per_node]) for k in range(nodes)
@@ -39,7 +41,7 @@ def local_cluster(nodes: int, cpus: Sequence[int], cpus_per_node: int) -> Iterat
 
         ray.shutdown()
         cluster.stop()
-        remove_root(root)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def ray_sandbox(cluster: Any, k: int, run_dir: Path, limits: Any, data_dir: Path | None) -> Any:

@@ -16,10 +16,10 @@ import pytest
 if TYPE_CHECKING:
     import docker
 
+    from sandbox.cluster.local import LocalCluster
     from sandbox.engine.docker import DockerSandbox
     from sandbox.preflight.facts import PreflightResult
     from sandbox.verdict import TrialSpec
-    from tests.ray_cluster import LocalCluster
 
 
 @pytest.fixture(scope="session")
@@ -178,8 +178,9 @@ def ray_cluster() -> Iterator[LocalCluster]:
         if os.environ.get("CI"):
             pytest.fail(f"{reason} (CI must run the cluster tests for real)", pytrace=False)
         pytest.skip(reason)
+    from sandbox.cluster.local import start_cluster
     from sandbox.engine.gpu import host_cpus, split_cpusets
-    from tests.ray_cluster import fresh_root, remove_root, start_cluster
+    from tests.ray_cluster import fresh_root, remove_root
 
     root = fresh_root()
     # One cpuset per node, as `make ray-local` gives them: two real trials side by side on the same CPUs

@@ -56,6 +56,13 @@ def test_controller_requirements_cover_every_runtime_dependency_of_the_project()
     assert names - pinned - {"torch"} == set(), "pyproject.toml depends on packages no image installs"
 
 
+def test_the_controller_image_ray_is_the_version_the_ray_extra_pins() -> None:
+    """The controller image is a Ray driver (`run --ray`); a driver of another Ray version than the
+    nodes' (installed from the `ray` extra) is refused by the cluster."""
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["ray"]
+    assert extra == [f"ray=={wheelhouse.read_pins(options.CONTROLLER_REQUIREMENTS)['ray']}"]
+
+
 @pytest.mark.parametrize(
     "line", ["numpy>=2.0", "numpy", "numpy==2.*", "numpy~=2.4", "numpy==2.4; python_version>'3'"]
 )

@@ -21,8 +21,13 @@ One dispatch (`run_trial`):
 2. record the dispatch in dispatches.jsonl (journal.py) with trial id, attempt and node;
 3. submit `run_on_node` with a `trial_slot` of 1 (and `num_gpus=1` on the gpu profile: the GPU ids
    Ray assigns are the trial's lease on that node), pinned to that node with hard node affinity;
-4. wait, polling, so that an interruption of the worker thread cancels the task (its sandbox
-   cleans up; what a forced kill leaves is reaped at the node's next setup);
+4. wait, polling, on the task and on the caller's cancel event. When the event is set, the task is
+   cancelled with force (the node's Ray worker process dies at once, so no `finally` runs there),
+   the dispatch is closed `cancelled` (a later run_trial of the trial is a new attempt; nothing of
+   this one can be accepted), and once the task has resolved (its worker is dead) a reap task
+   pinned to the node removes the containers that worker owned; then `TrialCancelled`. An
+   interruption of the worker thread (Ctrl-C) cancels the task without force (its sandbox cleans
+   up); what any forced kill leaves unreaped is reaped at the node's next setup;
 5. validate the return (plain data only), accept it in the journal (refused unless the dispatch is
    still open: a late duplicate is dropped and logged), extract the archive into `spec.trial_dir`
    (safely: wire.py), write the accepted verdict, with its node, as verdict.json.
@@ -63,7 +68,7 @@ from sandbox.cluster.wire import (
 )
 from sandbox.engine.limits import Limits
 from sandbox.incontainer.fileio import atomic_write
-from sandbox.verdict import NodeInfo, SandboxError, TrialSpec, Verdict
+from sandbox.verdict import NodeInfo, SandboxError, TrialCancelled, TrialSpec, Verdict
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +77,8 @@ TRIAL_SLOT = "trial_slot"  # the custom resource a node offers per trial it may 
 POLL_S = 0.5
 SETUP_TIMEOUT_S = 600.0  # the preflight starts containers; a cold engine can take minutes
 RESULT_SLACK_S = 900.0  # beyond the trial's own limits: queueing behind the node's slot, transfer
+KILL_SETTLE_S = 30.0  # how long a force-cancelled task may take to resolve (its worker to die)
+REAP_TIMEOUT_S = 120.0  # the reap task after a kill lists and removes containers on the node's engine
 
 
 class ClusterUnavailable(SandboxError):
@@ -312,10 +319,12 @@ class RaySandbox:
         assert self.pins is not None, "setup() first"
         source = spec.candidate.read_text(encoding="utf-8")
         for _ in range(self.redispatch_limit + 1):
+            if cancel is not None and cancel.is_set():
+                raise TrialCancelled(f"{spec.trial_id}: cancelled before it was dispatched")
             node = self._pick()
             try:
                 dispatch = self.journal.open(spec.trial_id, node.node_id, node.node_name)
-                outcome = self._dispatch(spec, source, node, dispatch)
+                outcome = self._dispatch(spec, source, node, dispatch, cancel)
             finally:
                 self._unpick(node.node_id)
             if outcome is not None:
@@ -373,7 +382,14 @@ class RaySandbox:
             .remote(self.runner, payload.model_dump_json())
         )
 
-    def _dispatch(self, spec: TrialSpec, source: str, node: NodeFacts, dispatch: Dispatch) -> Verdict | None:
+    def _dispatch(
+        self,
+        spec: TrialSpec,
+        source: str,
+        node: NodeFacts,
+        dispatch: Dispatch,
+        cancel: threading.Event | None = None,
+    ) -> Verdict | None:
         """The verdict, or None when the node was lost and the trial must go elsewhere."""
         ray = _ray()
         ref = self.submit(spec, source, node, dispatch)
@@ -390,9 +406,11 @@ class RaySandbox:
                 ready, _ = ray.wait([ref], timeout=POLL_S)
                 if ready:
                     break
+                if cancel is not None and cancel.is_set():
+                    self._kill(node, dispatch, ref, "cancelled", "the caller cancelled the trial")
+                    raise TrialCancelled(f"{spec.trial_id}: cancelled on node {node.node_name}")
                 if time.monotonic() > deadline:
-                    ray.cancel(ref, force=True)
-                    self.journal.close(dispatch, "failed", "no result before the deadline; cancelled")
+                    self._kill(node, dispatch, ref, "failed", "no result before the deadline")
                     raise SandboxError(f"{spec.trial_id}: node {node.node_name} gave no result in time")
             raw = ray.get(ref)
         except BaseException as exc:
@@ -406,6 +424,41 @@ class RaySandbox:
                 )
             raise
         return self.land(spec, node, dispatch, raw)
+
+    def _kill(self, node: NodeFacts, dispatch: Dispatch, ref: Any, event: str, why: str) -> None:
+        """Force-cancel a dispatched task, close its dispatch as `event`, and reap its node once the
+        task has resolved: only then is the Ray worker that owns the trial's containers dead."""
+        ray = _ray()
+        ray.cancel(ref, force=True)
+        self.journal.close(dispatch, event, f"{why}; its Ray worker was killed")
+        ready, _ = ray.wait([ref], timeout=KILL_SETTLE_S)
+        if not ready:
+            logger.warning(
+                "dispatch %s: the killed task did not resolve in %.0f s; node %s reaps at its next setup",
+                dispatch.dispatch_id,
+                KILL_SETTLE_S,
+                node.node_name,
+            )
+            return
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        task = ray.remote(node_side.reap_node).options(
+            num_cpus=0,
+            max_retries=0,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False),
+        )
+        try:
+            reaped = primitive(ray.get(task.remote(self.runner), timeout=REAP_TIMEOUT_S))
+        except (ray.exceptions.RayError, ArchiveError) as exc:
+            logger.warning(
+                "dispatch %s: reaping node %s after the kill failed (%s: %s); it reaps at its next setup",
+                dispatch.dispatch_id,
+                node.node_name,
+                type(exc).__name__,
+                exc,
+            )
+            return
+        logger.info("dispatch %s killed; node %s reaped: %s", dispatch.dispatch_id, node.node_name, reaped)
 
     def _failed(self, spec: TrialSpec, node: NodeFacts, dispatch: Dispatch, exc: Exception) -> None:
         ray = _ray()

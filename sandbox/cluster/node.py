@@ -9,6 +9,9 @@ data (wire.py), so the controller never unpickles anything the trial could have 
   reaping the sandbox containers a dead owner left on this node (a Ray worker killed with its node,
   or a controller's cancel). The `DockerNodeRunner` also runs the isolation preflight there: a node
   whose engine lets a probe out is refused like one with another image.
+- `reap_node(runner)`: reaps what dead owners left on this node; the controller runs it after a
+  cancel killed a trial's Ray worker (`ray.cancel(force=True)`: no `finally` ran there, so its
+  containers are still up; the dead worker's pid is their owner label).
 - `run_on_node(runner, payload_json)`: writes the candidate source into a node-local temp folder,
   runs the trial there with the node's sandbox, and returns the verdict JSON and the folder as a
   capped tar (or the sandbox's error as a type name and message). The temp folder is removed after.
@@ -128,6 +131,12 @@ def setup_node(
         problems=problems,
     )
     return facts.model_dump(mode="json")
+
+
+def reap_node(runner: NodeRunner) -> dict[str, object]:
+    """Remove the sandbox containers and volumes whose owner died on this node; what was removed."""
+    containers, volumes = runner.reap()
+    return {"node_id": _node_id(), "containers": containers, "volumes": volumes}
 
 
 def node_limits(limits: Limits) -> Limits:
