@@ -115,8 +115,15 @@ def test_the_same_leaks_score_when_the_coverage_check_is_switched_off(
     honest = honest_report
     assert honest["status"] == "ok", honest["reason"]  # the bigram part alone passes every check
     monkeypatch.setattr(probes, "run_coverage", lambda *a, **k: ({"causality": 0.0, "rows": 0.0}, None))
-    report = judge(prepared, data, _artifact(tmp_path_factory, table, name, cls, rate))
-    assert report["status"] == "ok", report["reason"]  # scored: nothing else catches it
+    # What is left is sampled: `row_alone` runs ONE secret row alone, so a cross-row lottery firing on a
+    # fraction `rate` of rows is caught by it with probability ~rate per evaluation (seen: 2 in ~6 runs
+    # of the suite). Up to three evaluations, each with fresh secrets: all three caught ~ rate**3.
+    for _ in range(3):
+        report = judge(prepared, data, _artifact(tmp_path_factory, table, name, cls, rate))
+        if report["status"] == "ok":
+            break
+        assert report["check"] == "probe:row_alone", report["reason"]  # the only other sampled check
+    assert report["status"] == "ok", report["reason"]  # scored: nothing but chance catches it
     assert report["val_bpb"] < honest["val_bpb"] < report["unigram_bpb"]  # and the leak pays
 
 
