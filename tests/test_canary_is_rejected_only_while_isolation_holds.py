@@ -18,6 +18,7 @@ from harness import canary
 from sandbox import constants as C
 from sandbox.constants import Status
 from sandbox.engine.docker import DockerSandbox, DockerTrial
+from sandbox.engine.docker_config import data_mount
 from sandbox.verdict import TrialSpec
 
 pytestmark = pytest.mark.docker
@@ -47,7 +48,10 @@ def test_the_canary_scores_when_train_can_read_val(
 
     def opened(self: DockerTrial, out: Any) -> dict[str, Any]:
         config = original(self, out)
-        config["mounts"] = [*config["mounts"], self._data(C.VAL_DIRNAME)]  # the drifted configuration
+        config["mounts"] = [
+            *config["mounts"],
+            data_mount(self.data_dir, C.VAL_DIRNAME),
+        ]  # the drifted configuration
         return config
 
     monkeypatch.setattr(DockerTrial, "train_config", opened)
