@@ -34,8 +34,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sandbox.cluster.dispatch import TRIAL_SLOT
 from sandbox.cluster.node import ENV_NODE_CPUSET
+from sandbox.cluster.verify import TRIAL_SLOT
 
 logger = logging.getLogger(__name__)
 
