@@ -5,30 +5,17 @@ sends the trial to a node and brings back its verdict and trial folder. The cont
 only writer of the ledger, results.tsv and the lineage: nodes write only to their own temp folders.
 Which nodes are verified, and against which pins, is verify.py (`VerifiedNodes`, the base class).
 
-One dispatch (`run_trial`):
-1. pick the verified node with the fewest trials in flight from this controller;
-2. record the dispatch in dispatches.jsonl (journal.py) with trial id, attempt and node;
-3. submit `run_on_node` with a `trial_slot` of 1 (and `num_gpus=1` on the gpu profile: the GPU ids
-   Ray assigns are the trial's lease on that node), pinned to that node with hard node affinity;
-4. wait, polling, on the task and on the caller's cancel event. When the event is set, the task is
-   cancelled with force (the node's Ray worker process dies at once, so no `finally` runs there),
-   the dispatch is closed `cancelled` (a later run_trial of the trial is a new attempt; nothing of
-   this one can be accepted), and once the task has resolved (its worker is dead) a reap task
-   pinned to the node removes the containers that worker owned; then `TrialCancelled`. An
-   interruption of the worker thread (Ctrl-C) cancels the task without force (its sandbox cleans
-   up); what any forced kill leaves unreaped is reaped at the node's next setup;
-5. validate the return (plain data only), accept it in the journal (refused unless the dispatch is
-   still open: a late duplicate is dropped and logged), extract the archive into `spec.trial_dir`
-   (safely: wire.py), write the accepted verdict, with its node, as verdict.json.
+One dispatch (`run_trial`; each step in detail: docs/ARCHITECTURE.md, "Trials over a Ray cluster"):
+pick the least-loaded verified node, open the dispatch in dispatches.jsonl (journal.py), submit
+`run_on_node` pinned to that node with a `trial_slot` (and a GPU on the gpu profile), wait on it and
+on the cancel event (cancel: kill with force, close `cancelled`, reap the node, `TrialCancelled`),
+then validate the return, accept it only for an open dispatch, and land the folder (wire.py).
 
-Where retries live (Ray's fault-tolerance model decides it): Ray re-runs a task whose worker
-process died on a live node (`max_retries`, same node because of the hard affinity); the Ray
-result of one ObjectRef is delivered once. A node lost mid-trial makes the task fail; its dispatch
-is closed `lost`, the node is dropped from the verified set, and the trial is dispatched again to
-another verified node as the next attempt, up to `redispatch_limit` times. Only the accepted
-dispatch's result reaches the trial folder, so the loop records the trial once. A sandbox error on
-the node comes back as a value and is raised here as the same `SandboxError` subclass (the loop's
-own retry policy applies), never as a verdict.
+Deliberate: Ray re-runs a task whose worker died on a live node (`max_retries`, same node); a node
+lost mid-trial closes its dispatch `lost` and the trial goes to another node as the next attempt
+(at most `redispatch_limit` times). Only the accepted dispatch's result reaches the trial folder, so
+the loop records the trial once. A sandbox error on the node is raised here as the same
+`SandboxError` subclass (the loop's retry policy applies), never as a verdict.
 """
 
 from __future__ import annotations
