@@ -19,12 +19,8 @@ for too), and one first thing when the last canary failed (a restarted run goes 
 canary is rejected again). `canary_interval = 0` runs none, and the banner says so.
 
 A canary trial is a ledger row with `kind = "canary"`, `decision = "canary"` and a `canary` field
-(`CanaryCheck`: passed, expected, got, the escapes it reported, the source's SHA-256). It is never
-judged or best, never counts towards `max_trials`, is not in results.tsv (which lists experiments),
-is hidden from the agent's history, and touches no lineage ref. Its source is no git commit:
-`candidate_commit` is None, and the source's SHA-256 is in the plan's `source_sha256` and the row's
-`canary.source_sha256` (rows written before held it in `candidate_commit` as `sha256:<hex>`; they are
-read as written today).
+(`CanaryCheck`); it is never judged, never counts towards `max_trials`, is not in results.tsv, is
+hidden from the agent's history and touches no lineage ref (its source is no commit).
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ def make_ray_sandbox(
     address: str, backend: str, profile: str, limits: Any, run_dir: Path, data_dir: Path | None
 ) -> Any:
     """A RaySandbox whose nodes run `backend`; it pins this host's trainer image and data when it
-    has them (else the nodes' majority, sandbox/cluster/dispatch.py)."""
+    has them (else the nodes' majority, sandbox/cluster/verify.py)."""
     import prepare
     from sandbox.cluster import node
     from sandbox.cluster.dispatch import RaySandbox

@@ -3,20 +3,7 @@
 Sources, highest priority first: command-line flags (passed as overrides), the environment
 (`AUTORESEARCH_<FIELD>`, nested with `__`: `AUTORESEARCH_JUDGE__NOISE_K=3`), a TOML file
 (`--config F`, else `./autoresearch.toml` when present), then the defaults below, which work on a
-fresh machine. Example:
-
-    profile = "tiny"
-    agent = "offline"
-    max_trials = 20
-    [judge]
-    baseline_repeats = 3
-    confirm_pairs = 2           # harness/judge.py: paired confirmation of a would-be keep
-    false_keep_rate = 0.05
-    min_compute_share = 0.85    # sandbox/compute.py: below it a run is `starved`, re-run
-    [limits]
-    mem_limit_mb = 2048
-    [agent_settings]
-    model = "claude-sonnet-4-6"
+fresh machine. An example file: docs/ARCHITECTURE.md ("Measurements and history", harness/config.py).
 
 Deliberate properties:
 - Unknown keys in the file are errors (a typo must not silently fall back to a default), and every

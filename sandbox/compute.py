@@ -5,25 +5,10 @@ host the same train.py trains fewer steps and scores worse. This module measures
 candidate, the CPU time its tasks were denied, so that a trial the host starved is not recorded as
 the candidate's result (`Status.STARVED`, see sandbox/verdict.py).
 
-What is read, per task (thread) of the trial, from `/proc/<pid>/task/<tid>/schedstat`: field 1, the
-time on a CPU, and field 2, the time spent *runnable but waiting* on a run queue (ns). A task that
-sleeps (I/O, a lock, `time.sleep`) accumulates neither, so a candidate that sleeps or runs one
-thread never looks starved. The tasks are those of the container's cgroup (`tasks` on cgroup v1,
-`cgroup.threads` on v2), else the process tree under the trial's main pid. Its cgroup's `cpu.stat`
-adds the throttling counters (quota), recorded as evidence.
-
-The arithmetic (`ComputeMeter`), per sampling interval of length dt, with deltas summed over the
-trial's tasks:
-
-    demand  = cpu + wait                      (CPU-seconds the tasks were runnable)
-    owed    = min(demand, allotment * dt)     (what its allotment of CPUs could have served)
-    denied  = max(0, owed - cpu)
-    compute_share = sum(cpu) / (sum(cpu) + sum(denied))    over the TRAIN phase (1.0: nothing denied)
-
-`allotment` is the number of CPUs the trial may use: its cpuset (or affinity), capped by its CPU
-quota. The cap makes the share blind to self-inflicted waiting: eight threads on a two-CPU
-allotment queue behind each other, but the allotment is fully used and nothing was denied. Waiting
-under the trial's own CPU quota (throttling) is likewise the trial using its whole allotment.
+Per task of the trial (the container's cgroup, else the process tree) it reads time on a CPU and
+time runnable but waiting (`/proc/<pid>/task/<tid>/schedstat`); `ComputeMeter` turns them into
+`compute_share` = cpu / (cpu + denied), where only waiting up to the trial's allotment of CPUs counts
+as denied (the reads and the arithmetic: docs/ARCHITECTURE.md, "Measurements and history").
 Deliberate properties and limits:
 - Sampled every `interval_s` (threads come and go); each task's counters are kept at the largest
   value seen, so a thread that exited still counts, up to its last sample. What a task did after
@@ -34,8 +19,7 @@ Deliberate properties and limits:
 - The trial's own pre-warming EVAL container (sandbox/engine/docker.py starts it inside TRAIN's
   clock, on the same cpuset, at a lower CPU weight) is part of the trial: its tasks join the meter's
   `TaskGroup`, so TRAIN queueing behind it is the trial using its allotment, not the host denying it.
-  Its CPU is recorded apart (`prewarm_cpu_s`). Without this, on a one-CPU allotment every trial lost
-  ~17% of TRAIN's CPU to its own evaluator's start-up (weight 256 vs 1024) and came back starved.
+  Its CPU is recorded apart (`prewarm_cpu_s`).
 - When the controller cannot see the trial's tasks (it runs in another pid namespace, or /proc is
   not readable), `measure` returns a report with `share=None` and says why: unknown is never
   treated as starved.

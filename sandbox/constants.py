@@ -7,7 +7,7 @@ image holds that package, not this module) and re-exported here.
 
 The data folder's layout and the two variables pointing at it (`_FROM_PREPARE`) are defined once, in
 prepare.py (the frozen contract, which imports nothing of this project), and read from it on first use
-(PEP 562): importing prepare loads torch (about 2 s), which most of the controller never needs.
+(PEP 562): importing prepare loads torch, which most of the controller never needs.
 """
 
 from __future__ import annotations

@@ -24,8 +24,9 @@ from typing import Any
 import pytest
 
 from sandbox.cluster import dispatch as dispatch_mod
-from sandbox.cluster.dispatch import ClusterPins, RaySandbox
+from sandbox.cluster.dispatch import RaySandbox
 from sandbox.cluster.journal import DispatchJournal, journal_summary
+from sandbox.cluster.verify import ClusterPins
 from sandbox.cluster.wire import NodeFacts
 from sandbox.engine.limits import Limits
 from sandbox.verdict import TrialCancelled, TrialSpec

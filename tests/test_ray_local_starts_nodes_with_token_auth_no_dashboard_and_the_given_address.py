@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from sandbox.cluster import local
-from sandbox.cluster.dispatch import TRIAL_SLOT
+from sandbox.cluster.verify import TRIAL_SLOT
 
 
 def _flag(argv: list[str], name: str) -> str:

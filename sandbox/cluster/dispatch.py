@@ -3,43 +3,19 @@
 The loop and its `--workers N` threads call `run_trial(spec)` exactly as on one host; this backend
 sends the trial to a node and brings back its verdict and trial folder. The controller stays the
 only writer of the ledger, results.tsv and the lineage: nodes write only to their own temp folders.
+Which nodes are verified, and against which pins, is verify.py (`VerifiedNodes`, the base class).
 
-Setup (`RaySandbox.setup()`, at construction): a setup task pinned to every alive node that offers
-a `trial_slot` (node affinity, soft=False) reaps orphaned sandbox containers there, reports the
-trainer image id, the data's manifest hash, the hardware class, and (DockerNodeRunner) runs the
-isolation preflight. The run pins one image id, one data hash and one hardware class: taken from
-`cluster.json` in the run folder when it exists (a resumed run keeps its pins), else from the
-arguments (the CLI passes the controller host's own trainer image and data, when it has them),
-and what the arguments leave open from the most common answer among the nodes (ties: the lowest
-node id). A node that differs in any of the three, or reports a problem, is refused: no trial is
-ever dispatched to it. A wall-clock
-budget means nothing across hardware, so one run compares trials of one class only; to use two
-classes, run two runs.
+One dispatch (`run_trial`; each step in detail: docs/ARCHITECTURE.md, "Trials over a Ray cluster"):
+pick the least-loaded verified node, open the dispatch in dispatches.jsonl (journal.py), submit
+`run_on_node` pinned to that node with a `trial_slot` (and a GPU on the gpu profile), wait on it and
+on the cancel event (cancel: kill with force, close `cancelled`, reap the node, `TrialCancelled`),
+then validate the return, accept it only for an open dispatch, and land the folder (wire.py).
 
-One dispatch (`run_trial`):
-1. pick the verified node with the fewest trials in flight from this controller;
-2. record the dispatch in dispatches.jsonl (journal.py) with trial id, attempt and node;
-3. submit `run_on_node` with a `trial_slot` of 1 (and `num_gpus=1` on the gpu profile: the GPU ids
-   Ray assigns are the trial's lease on that node), pinned to that node with hard node affinity;
-4. wait, polling, on the task and on the caller's cancel event. When the event is set, the task is
-   cancelled with force (the node's Ray worker process dies at once, so no `finally` runs there),
-   the dispatch is closed `cancelled` (a later run_trial of the trial is a new attempt; nothing of
-   this one can be accepted), and once the task has resolved (its worker is dead) a reap task
-   pinned to the node removes the containers that worker owned; then `TrialCancelled`. An
-   interruption of the worker thread (Ctrl-C) cancels the task without force (its sandbox cleans
-   up); what any forced kill leaves unreaped is reaped at the node's next setup;
-5. validate the return (plain data only), accept it in the journal (refused unless the dispatch is
-   still open: a late duplicate is dropped and logged), extract the archive into `spec.trial_dir`
-   (safely: wire.py), write the accepted verdict, with its node, as verdict.json.
-
-Where retries live (Ray's fault-tolerance model decides it): Ray re-runs a task whose worker
-process died on a live node (`max_retries`, same node because of the hard affinity); the Ray
-result of one ObjectRef is delivered once. A node lost mid-trial makes the task fail; its dispatch
-is closed `lost`, the node is dropped from the verified set, and the trial is dispatched again to
-another verified node as the next attempt, up to `redispatch_limit` times. Only the accepted
-dispatch's result reaches the trial folder, so the loop records the trial once. A sandbox error on
-the node comes back as a value and is raised here as the same `SandboxError` subclass (the loop's
-own retry policy applies), never as a verdict.
+Deliberate: Ray re-runs a task whose worker died on a live node (`max_retries`, same node); a node
+lost mid-trial closes its dispatch `lost` and the trial goes to another node as the next attempt
+(at most `redispatch_limit` times). Only the accepted dispatch's result reaches the trial folder, so
+the loop records the trial once. A sandbox error on the node is raised here as the same
+`SandboxError` subclass (the loop's retry policy applies), never as a verdict.
 """
 
 from __future__ import annotations
@@ -47,17 +23,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
 from sandbox import constants as C
 from sandbox import verdict as verdicts
 from sandbox.cluster import node as node_side
 from sandbox.cluster.journal import Dispatch, DispatchJournal
+from sandbox.cluster.verify import TRIAL_SLOT, VerifiedNodes, _ray
 from sandbox.cluster.wire import (
     ArchiveError,
     NodeFacts,
@@ -72,37 +48,10 @@ from sandbox.verdict import NodeInfo, SandboxError, TrialCancelled, TrialSpec, V
 
 logger = logging.getLogger(__name__)
 
-CLUSTER_FILE = "cluster.json"
-TRIAL_SLOT = "trial_slot"  # the custom resource a node offers per trial it may run at once
 POLL_S = 0.5
-SETUP_TIMEOUT_S = 600.0  # the preflight starts containers; a cold engine can take minutes
 RESULT_SLACK_S = 900.0  # beyond the trial's own limits: queueing behind the node's slot, transfer
 KILL_SETTLE_S = 30.0  # how long a force-cancelled task may take to resolve (its worker to die)
 REAP_TIMEOUT_S = 120.0  # the reap task after a kill lists and removes containers on the node's engine
-
-
-class ClusterUnavailable(SandboxError):
-    """The Ray cluster cannot be reached, or no node passed setup."""
-
-
-class ClusterPins(BaseModel):
-    """cluster.json: what every node of this run must have."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    image_id: str
-    data_sha256: str
-    hardware_class: str
-
-
-def _ray() -> Any:
-    try:
-        import ray
-    except ImportError as exc:
-        raise ClusterUnavailable(
-            "Ray is not installed: `pip install -e '.[ray]'` (or `make install`) on the controller and every node"
-        ) from exc
-    return ray
 
 
 def _error_class(name: str | None) -> type[SandboxError]:
@@ -113,7 +62,7 @@ def _error_class(name: str | None) -> type[SandboxError]:
     return SandboxError
 
 
-class RaySandbox:
+class RaySandbox(VerifiedNodes):
     """Runs each trial on a verified node of a Ray cluster (see the module docstring)."""
 
     name = "ray"
@@ -135,22 +84,20 @@ class RaySandbox:
         only_nodes: Collection[str] | None = None,
         connect: bool = True,
     ) -> None:
-        self.address = address
-        self.run_dir = run_dir
-        self.profile = profile
-        self.limits = limits
-        self.runner: node_side.NodeRunner = runner if runner is not None else node_side.DockerNodeRunner()
-        self.data_dir = str(data_dir) if data_dir is not None else None
-        self.preflight = preflight
+        super().__init__(
+            address,
+            run_dir,
+            profile=profile,
+            limits=limits,
+            runner=runner,
+            data_dir=data_dir,
+            image_id=image_id,
+            data_sha256=data_sha256,
+            preflight=preflight,
+            only_nodes=only_nodes,
+        )
         self.max_retries = max_retries
         self.redispatch_limit = redispatch_limit
-        self.only_nodes = frozenset(only_nodes) if only_nodes is not None else None  # None: every slot node
-        self._wanted = (image_id, data_sha256)
-        self.pins: ClusterPins | None = None
-        self.nodes: dict[str, NodeFacts] = {}  # verified, alive as far as we know
-        self.refused: dict[str, str] = {}  # node id -> why
-        self._in_flight: Counter[str] = Counter()
-        self._lock = threading.Lock()
         self._remote: Any = None
         run_dir.mkdir(parents=True, exist_ok=True)
         self.journal = DispatchJournal(run_dir)
@@ -158,160 +105,6 @@ class RaySandbox:
         if connect:
             self.connect()
             self.setup()
-
-    # ------------------------------------------------------------------ cluster and nodes
-
-    def connect(self) -> None:
-        ray = _ray()
-        if ray.is_initialized():
-            return
-        try:
-            ray.init(address=self.address, logging_level=logging.WARNING, log_to_driver=False)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise ClusterUnavailable(
-                f"cannot connect to the Ray cluster at {self.address!r}: {exc}. Start one "
-                "(`make ray-local NODES=2`, or `ray start` on your hosts) and set RAY_AUTH_MODE=token "
-                "with the cluster's token (RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH)."
-            ) from exc
-
-    def _slot_nodes(self) -> list[dict[str, Any]]:
-        ray = _ray()
-        alive = [
-            n
-            for n in ray.nodes()
-            if n.get("Alive")
-            and n.get("Resources", {}).get(TRIAL_SLOT, 0) >= 1
-            and (self.only_nodes is None or str(n["NodeID"]) in self.only_nodes)
-        ]
-        return sorted(alive, key=lambda n: str(n["NodeID"]))
-
-    def setup(self) -> dict[str, NodeFacts]:
-        """Check every node offering a trial slot; keep those that match the run's pins."""
-        ray = _ray()
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        candidates = self._slot_nodes()
-        if not candidates:
-            raise ClusterUnavailable(
-                f"no alive node of the cluster at {self.address} offers a {TRIAL_SLOT!r} resource; start "
-                f"worker nodes with --resources '{{\"{TRIAL_SLOT}\": 1}}'"
-            )
-        task = ray.remote(node_side.setup_node)
-        refs = {
-            str(n["NodeID"]): task.options(
-                num_cpus=0,
-                max_retries=0,
-                scheduling_strategy=NodeAffinitySchedulingStrategy(str(n["NodeID"]), soft=False),
-            ).remote(self.runner, self.profile, self.limits.model_dump_json(), self.data_dir, self.preflight)
-            for n in candidates
-        }
-        facts: dict[str, NodeFacts] = {}
-        for node_id, ref in refs.items():
-            try:
-                raw = ray.get(ref, timeout=SETUP_TIMEOUT_S)
-                facts[node_id] = NodeFacts.model_validate(primitive(raw))
-            except (ValidationError, ArchiveError) as exc:
-                self.refused[node_id] = f"its setup answered something malformed: {exc}"
-            except ray.exceptions.RayError as exc:
-                self.refused[node_id] = f"its setup failed: {type(exc).__name__}: {exc}"
-        self.pins = self._pin(facts)
-        verified: dict[str, NodeFacts] = {}
-        for node_id, f in facts.items():
-            why = self._differs(f)
-            if f.node_id != node_id:
-                why = f"its setup ran on {f.node_id}, not on it"
-            if why:
-                self.refused[node_id] = why
-                logger.error("node %s (%s) refused: %s", f.node_name, node_id[:12], why)
-            else:
-                verified[node_id] = f
-                logger.info(
-                    "node %s (%s) verified: %s; reaped %d containers, %d volumes",
-                    f.node_name,
-                    node_id[:12],
-                    f.hardware_class,
-                    f.reaped_containers,
-                    f.reaped_volumes,
-                )
-        with self._lock:
-            self.nodes = verified
-        if not verified:
-            raise ClusterUnavailable(
-                "no node of the cluster passed setup: "
-                + "; ".join(f"{nid[:12]}: {why}" for nid, why in self.refused.items())
-            )
-        return verified
-
-    def _pin(self, facts: dict[str, NodeFacts]) -> ClusterPins:
-        path = self.run_dir / CLUSTER_FILE
-        if path.exists():
-            return ClusterPins.model_validate_json(path.read_text(encoding="utf-8"))
-        image, data = self._wanted
-        usable = [f for f in facts.values() if not f.problems and f.image_id and f.data_sha256]
-        if not usable:
-            raise ClusterUnavailable(
-                "no node could be checked, so the run has nothing to pin: "
-                + "; ".join(
-                    f"{f.node_name}: {', '.join(f.problems) or 'no image or data'}" for f in facts.values()
-                )
-            )
-        agreeing = [f for f in usable if image in (None, f.image_id) and data in (None, f.data_sha256)]
-        if not agreeing:
-            raise ClusterUnavailable(
-                f"no node has the pinned image {image} and data {data}: "
-                + "; ".join(f"{f.node_name}: image {f.image_id}, data {f.data_sha256}" for f in usable)
-            )
-        votes = Counter((f.image_id, f.data_sha256, f.hardware_class) for f in agreeing)
-        top = max(votes.values())
-        first = next(f for f in agreeing if votes[(f.image_id, f.data_sha256, f.hardware_class)] == top)
-        pins = ClusterPins(
-            image_id=image or str(first.image_id),
-            data_sha256=data or str(first.data_sha256),
-            hardware_class=first.hardware_class,
-        )
-        atomic_write(path, pins.model_dump_json(indent=2).encode() + b"\n")
-        logger.info(
-            "the run pins image %s, data %s, hardware %s",
-            pins.image_id,
-            pins.data_sha256[:16],
-            pins.hardware_class,
-        )
-        return pins
-
-    def _differs(self, f: NodeFacts) -> str:
-        assert self.pins is not None
-        if f.problems:
-            return "; ".join(f.problems)
-        if f.image_id != self.pins.image_id:
-            return f"trainer image {f.image_id} is not the run's {self.pins.image_id}"
-        if f.data_sha256 != self.pins.data_sha256:
-            return f"data manifest {f.data_sha256} is not the run's {self.pins.data_sha256}"
-        if f.hardware_class != self.pins.hardware_class:
-            return f"hardware class {f.hardware_class!r} is not the run's {self.pins.hardware_class!r}"
-        return ""
-
-    def _pick(self) -> NodeFacts:
-        with self._lock:
-            if not self.nodes:
-                raise ClusterUnavailable(
-                    "every verified node of the cluster is gone; start nodes and run the same command again"
-                )
-            node_id = min(self.nodes, key=lambda nid: (self._in_flight[nid], nid))
-            self._in_flight[node_id] += 1
-            return self.nodes[node_id]
-
-    def _unpick(self, node_id: str) -> None:
-        with self._lock:
-            self._in_flight[node_id] -= 1
-
-    def _node_alive(self, node_id: str) -> bool:
-        return any(str(n["NodeID"]) == node_id for n in self._slot_nodes())
-
-    def _drop(self, node_id: str, why: str) -> None:
-        with self._lock:
-            if self.nodes.pop(node_id, None) is not None:
-                self.refused[node_id] = why
-                logger.error("node %s dropped: %s", node_id[:12], why)
 
     # ------------------------------------------------------------------ one trial
 
@@ -538,12 +331,6 @@ class RaySandbox:
         atomic_write(spec.trial_dir / C.VERDICT_FILE, accepted.model_dump_json(indent=2).encode() + b"\n")
         logger.info("%s: accepted %s from node %s", spec.trial_id, verdict.status.value, node.node_name)
         return accepted
-
-    def describe(self) -> dict[str, Any]:
-        """The cluster as this controller sees it (for the banner and the report)."""
-        nodes = {nid: f.node_name for nid, f in self.nodes.items()}
-        pins = self.pins.model_dump() if self.pins else None
-        return {"address": self.address, "pins": pins, "nodes": nodes, "refused": dict(self.refused)}
 
 
 class DuplicateResult(SandboxError):

@@ -7,12 +7,9 @@ stats off, every node started with `--node-ip-address HOST` (`--host`, loopback 
 address, never a wildcard). The commands are built by `head_command` and `node_command`, so a unit
 test reads exactly which flags are passed.
 
-What Ray 2.60 makes of the address (measured, and pinned by
-tests/test_cluster_exposes_only_the_documented_listeners.py): `ray start` replaces a loopback
-`--node-ip-address` with this host's routable address (`services.resolve_ip_for_localhost`), so the
-nodes advertise that; its agents bind the advertised address, but the GCS, the raylets and every
-Ray worker listen on all interfaces whatever the address. No flag of `ray start` changes that; the
-token is what keeps other hosts out (SECURITY.md), and `start` says so when it happens.
+Ray listens on more than the given address (what it binds, as measured: docs/ARCHITECTURE.md,
+"Measurements and history"); the token is what keeps other hosts out (SECURITY.md), and `start`
+says so when it happens.
 
 Every node's processes carry the cluster's own temp folder (ROOT/ray) on their command line, so
 `stop()` and `kill_node()` end exactly the processes this cluster started, by pid, never by name.
@@ -34,8 +31,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sandbox.cluster.dispatch import TRIAL_SLOT
 from sandbox.cluster.node import ENV_NODE_CPUSET
+from sandbox.cluster.verify import TRIAL_SLOT
 
 logger = logging.getLogger(__name__)
 

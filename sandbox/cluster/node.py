@@ -1,8 +1,9 @@
 """What runs on a cluster node: its setup check, and one trial through the node's own sandbox.
 
 Both functions are plain module-level functions that Ray ships by reference and runs in a Ray worker
-process on the node (sandbox/cluster/dispatch.py wraps them in `ray.remote`). They return only plain
-data (wire.py), so the controller never unpickles anything the trial could have shaped.
+process on the node (sandbox/cluster/verify.py and dispatch.py wrap them in `ray.remote`). They
+return only plain data (wire.py), so the controller never unpickles anything the trial could have
+shaped.
 
 - `setup_node(runner, ...)`: the node's facts (`NodeFacts`): the trainer image's id, the data's
   manifest hash (every file checked against the manifest), its hardware class, and the result of

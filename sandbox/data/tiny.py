@@ -8,19 +8,16 @@ Why the val split is secret: the grammar is public (it ships in the trainer imag
 it into a train.py), so any split derived from it could be regenerated inside TRAIN and memorised,
 which beats every honest model. Hence:
 - train: the public corpus (pinned seed, CORPUS_SHA256) minus every CORPUS_RETIRED_EVERY-th document,
-  pinned again by CORPUS_TRAIN_SHA256: the same bytes on every machine, and byte-identical to the train
-  split of manifest version 1, so the tokenizer and train shards did not change.
-- retired: those other public documents were the val split before; anyone can regenerate them, so no
-  split uses them any more.
+  pinned again by CORPUS_TRAIN_SHA256: the same bytes on every machine.
+- retired: those other public documents; anyone can regenerate them, so no split uses them.
 - val: CORPUS_VAL_TARGET_BYTES of documents from the same grammar and the same cast of people (the same
   distribution: honest scores stay comparable in expectation), drawn from a 64-bit seed taken from
   `secrets` when a data folder is first prepared, and never equal to a public document. The seed lives
   only in the folder's host-only VAL_SECRET_FILE, which no container mounts (TRAIN mounts train/ and
   tokenizer/, EVAL val/, tokenizer/ and manifest.json) and the manifest does not carry. Each data folder
   thus has its own val split; manifest.json records its identity (`val_sha256`, and the val shard's
-  hash). Each guess of the seed costs a ~1 s generation, 2**64 guesses. Honest scores move by about 0.01
-  bpb from one split to another; to score several machines on the same split, copy a folder's
-  VAL_SECRET_FILE into the others before preparing them.
+  hash). Guessing the seed means a generation per guess over 2**64 seeds. To score several machines on
+  the same split, copy a folder's VAL_SECRET_FILE into the others before preparing them.
 """
 
 from __future__ import annotations

@@ -2,24 +2,8 @@
 
 `audit.jsonl` in the trial folder holds one JSON object per line with exactly the keys `time` (ISO
 8601 UTC: when the controller sent a signal, else when it observed and recorded the event), `trial_id`, `container` (`trial`, `train` or `eval`),
-`event` and `detail` (an object). Events, in the order a trial produces them:
-
-    trial  limits                the limits, backend, runtime, GPUs and seed the trial runs under
-    train  sigterm               the time budget ran out (detail.at_s: seconds after the start request)
-    train  sigkill               still running a grace after SIGTERM
-    train  oom_kill              the kernel killed it at its memory limit
-    train  output_cap            the output channel reached its cap (or a write died of SIGXFSZ)
-    train  exit                  exit code, wall time, and the exit reason (status + reason)
-    eval   sigkill               the evaluator ran past eval_timeout_s
-    eval   oom_kill              the evaluator hit its memory limit on this artifact
-    eval   exit                  as for train
-    eval   evaluator_failed      the evaluator could not run (exit 2, or no readable report): infrastructure
-    eval   operator_not_allowed  the graph calls an operator outside the allow-list
-    eval   artifact_rejected     any other artifact validation failure (`artifact:<check>`)
-    eval   probe_failed          one per failed probe, with its detail and measured deviation
-    eval   runtime_rejected      the graph failed while running (`runtime:<kind>`, `internal:<type>`)
-    trial  infrastructure_error  a SandboxError ended the attempt (no verdict)
-    trial  verdict               the final status, score and reason
+`event` and `detail` (an object). The events, in the order a trial produces them, are listed in
+docs/ARCHITECTURE.md ("audit.jsonl events", under "The trial template").
 
 Deliberate properties:
 - Only what the controller observed goes in: the engine's (or the process's) exit state, the

@@ -14,11 +14,8 @@ docker_config.py the settings of every volume and container. One trial on the en
             the validation data and the artifact.
     then every container and volume is removed, whatever happened.
 
-Why a holder: the output cap must be enforced by the kernel on every write (a tmpfs `size=`), not
-checked afterwards. A docker local volume of type tmpfs is unmounted, contents lost, when its last
-user stops; the holder (trusted, idle, 64 MiB) is that last user. It is also where the controller
-looks into the channel (`statvfs`, is model.pt2 a regular file) and fetches the report, so the
-controller never needs the engine's files on the host and can itself run in a container.
+Why a holder (docs/ARCHITECTURE.md, "Departures"): the output cap is a tmpfs `size=`, enforced by
+the kernel on every write, and such a volume lives only while a container uses it.
 
 Deliberate properties:
 - The controller keeps the clock: it polls the container state and sends SIGTERM at the budget and
