@@ -182,7 +182,7 @@ def derived_timings(verdict: Verdict, trial_dir: Path) -> dict[str, float]:
         inside = _engine_time(state["FinishedAt"]) - _engine_time(state["StartedAt"])
         out["train_in_container_s"] = inside
         out["train_start_stop_s"] = t["train_wall_s"] - inside
-    report_timings = (verdict.report or {}).get("timings") or {}
+    report_timings = verdict.report.timings if verdict.report is not None else {}
     if report_timings:
         out["evaluator_startup_s"] = report_timings.get("startup", 0.0)
         out["evaluator_prepare_s"] = report_timings.get("prepare", 0.0)
